@@ -1,0 +1,1 @@
+"""OccamToken: register-anchored, budget-adaptive visual-token pruning for VLMs."""
