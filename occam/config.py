@@ -1,0 +1,107 @@
+"""OccamConfig: every knob of one pruning run, validated on construction and frozen.
+
+A config travels with each call (``vlm.generate(..., config=cfg)``); nothing about a run is
+stored on the model, so one loaded model can serve concurrent calls with different configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+METHODS = ("none", "occam", "topk", "fastv", "visionzip", "random")
+REFERENCES = ("register", "mean")
+
+
+def _fail(name: str, value, accepted: str) -> None:
+    raise ValueError(f"OccamConfig.{name}={value!r} is invalid: accepted {accepted}.")
+
+
+@dataclass(frozen=True)
+class OccamConfig:
+    """Settings of one run. ``method`` picks OccamToken or a baseline; see ../shared/METHOD.md.
+
+    occam:     Stage I keeps token j iff s_j = e_j / rho >= alpha; Stage II iff a_j / rho_q >= beta.
+    topk:      the same scores with a fixed budget ``retention`` (the paper's fixed-budget ablation).
+    fastv:     at layer ``fastv_layer`` keep the top ``retention`` by the last token's attention.
+    visionzip: dominant tokens by [CLS] attention + merged contextual tokens, budget ``retention``.
+    random:    ``retention`` of the tokens, uniformly at random (``seed``).
+    none:      the unmodified model.
+    """
+
+    method: str = "occam"
+    alpha: float = 1.0              # Stage I threshold on relative evidence s_j = e_j / rho
+    beta: float = 1.0               # Stage II threshold on s_j = a_j / rho_q
+    stage1: bool = True
+    stage2: bool = True
+    stage2_layer: int | None = None  # K; None -> round(0.34 * num_layers)
+    reference: str = "register"      # "register" or "mean" (ablation)
+    keep_registers: bool = True
+    min_tokens: int | None = None    # floor on kept visual tokens (per stage), keeps the best s_j
+    max_tokens: int | None = None    # cap on kept visual tokens (per stage)
+    retention: float = 0.5           # budget of fixed-budget methods (topk, fastv, visionzip, random)
+    fastv_layer: int = 2
+    visionzip_contextual: float = 0.16  # share of the visionzip budget spent on merged tokens
+    kappa: float = 4.0               # emergent register: norm >= kappa * median norm (ours)
+    max_register_frac: float = 0.02  # at most ceil(2% of N) emergent registers / sinks (ours)
+    sink_kappa: float = 10.0         # LM sink: max |h_j,d| >= sink_kappa * median over visual tokens (ours)
+    attn_chunk: int = 256            # query rows per chunk when scoring (memory O(chunk x tokens))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            _fail("method", self.method, "one of " + ", ".join(METHODS))
+        if self.reference not in REFERENCES:
+            _fail("reference", self.reference, "'register' or 'mean'")
+        for name in ("alpha", "beta", "kappa", "sink_kappa"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                _fail(name, v, "a finite number > 0")
+        for name in ("retention", "visionzip_contextual", "max_register_frac"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
+                _fail(name, v, "a number in (0, 1]")
+        for name in ("min_tokens", "max_tokens"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                _fail(name, v, "None or an integer >= 1")
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
+            _fail("min_tokens", self.min_tokens, f"a value <= max_tokens ({self.max_tokens})")
+        for name in ("stage2_layer", "fastv_layer"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                _fail(name, v, "None or an integer >= 0 (a decoder layer index)")
+        if isinstance(self.attn_chunk, bool) or not isinstance(self.attn_chunk, int) or self.attn_chunk < 1:
+            _fail("attn_chunk", self.attn_chunk, "an integer >= 1")
+        if self.method in ("occam", "topk") and not (self.stage1 or self.stage2):
+            _fail("stage1", self.stage1, "at least one of stage1 / stage2 switched on")
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def prunes(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def uses_stage1(self) -> bool:
+        return self.method in ("occam", "topk") and self.stage1 or self.method in ("visionzip", "random")
+
+    @property
+    def uses_stage2(self) -> bool:
+        return self.method in ("occam", "topk") and self.stage2 or self.method == "fastv"
+
+    def decoder_layer(self, num_layers: int) -> int:
+        """The decoder layer K where Stage II (or FastV) prunes, validated against the model depth."""
+        k = self.fastv_layer if self.method == "fastv" else self.stage2_layer
+        if k is None:
+            k = max(1, round(0.34 * num_layers))
+        if not 0 <= k < num_layers:
+            name = "fastv_layer" if self.method == "fastv" else "stage2_layer"
+            raise ValueError(f"OccamConfig.{name}={k} is out of range: accepted 0..{num_layers - 1} for this "
+                             f"model ({num_layers} decoder layers).")
+        return k
+
+    def replace(self, **changes) -> "OccamConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,140 @@
+"""Relative evidence, thresholds and keep masks (METHOD.md sections 2-5). Pure tensor functions.
+
+Conventions: a stage scores the tokens of one list (length n). ``candidates`` and ``registers`` are
+bool masks of length n; the returned keep mask is a bool tensor of length n.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def attention_colmean(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 256,
+                      row_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over heads and query rows of softmax(q k^T * scale): shape (S,).
+
+    q: (H, R, d) only the query rows wanted, k: (H, S, d) keys (GQA groups already expanded).
+    With ``row_positions`` (R,), row r is causal: it only sees keys 0..row_positions[r].
+    Rows are processed ``chunk`` at a time, so memory is O(H x chunk x S), never R x S per head.
+    """
+    heads, rows, length = k.shape[0], q.shape[1], k.shape[1]
+    total = torch.zeros(length, dtype=torch.float32, device=k.device)
+    if rows == 0:
+        return total
+    kf = k.float()
+    keys = torch.arange(length, device=k.device)
+    for start in range(0, rows, chunk):
+        logits = torch.einsum("hrd,hsd->hrs", q[:, start:start + chunk].float(), kf) * scale
+        if row_positions is not None:
+            pos = row_positions[start:start + chunk].to(k.device)
+            logits.masked_fill_(keys[None, None, :] > pos[None, :, None], float("-inf"))
+        total += logits.softmax(dim=-1).sum(dim=(0, 1))
+    return total / (heads * rows)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Relative evidence of one stage: s = evidence / reference."""
+    scores: torch.Tensor       # (n,) float; NaN where not a candidate and not a register
+    reference: float
+    reference_kind: str        # "register" or "mean" (requested, or the fallback when no register exists)
+
+
+def relative_evidence(evidence: torch.Tensor, candidates: torch.Tensor, registers: torch.Tensor,
+                      reference: str = "register", register_values: torch.Tensor | None = None) -> Scored:
+    """s_j = e_j / rho, with rho the mean evidence of the registers, or of the candidates ("mean").
+
+    ``register_values`` overrides e[registers] when the reference is taken at a finer granularity
+    (Qwen: ViT patches before the 2x2 merge). With no register the reference falls back to "mean".
+    """
+    evidence = evidence.float()
+    reg_vals = register_values.float() if register_values is not None else evidence[registers]
+    if reference == "register" and reg_vals.numel() > 0:
+        rho, kind = reg_vals.mean(), "register"
+    else:
+        cand = evidence[candidates]
+        rho, kind = (cand.mean() if cand.numel() else evidence.new_tensor(1.0)), "mean"
+    rho = torch.clamp(rho, min=torch.finfo(torch.float32).tiny)
+    scores = torch.full_like(evidence, float("nan"))
+    scored = candidates | registers
+    scores[scored] = evidence[scored] / rho
+    return Scored(scores, float(rho), kind)
+
+
+def _rank(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """Indices of ``pool`` (bool mask) ordered by descending score, ties by index (deterministic)."""
+    idx = torch.nonzero(pool).flatten()
+    order = torch.argsort(torch.nan_to_num(scores[idx].float(), nan=-math.inf), descending=True, stable=True)
+    return idx[order]
+
+
+def keep_by_threshold(scores: torch.Tensor, candidates: torch.Tensor, registers: torch.Tensor,
+                      threshold: float, keep_registers: bool = True, min_tokens: int | None = None,
+                      max_tokens: int | None = None) -> tuple[torch.Tensor, str | None]:
+    """Keep candidate j iff s_j >= threshold; registers kept when asked; rails on the total count.
+
+    Returns (keep mask, rail) where rail is "min" or "max" when a floor or cap changed the result.
+    """
+    keep = candidates & (torch.nan_to_num(scores, nan=-math.inf) >= threshold)
+    forced = registers if keep_registers else torch.zeros_like(registers)
+    keep = keep | forced
+    rail = None
+    n = int(keep.sum())
+    if max_tokens is not None and n > max_tokens:
+        keep = forced.clone()
+        room = max(0, max_tokens - int(forced.sum()))
+        keep[_rank(scores, candidates & ~forced)[:room]] = True
+        rail = "max"
+    elif min_tokens is not None and n < min_tokens:
+        extra = _rank(scores, candidates & ~keep)[: min_tokens - n]
+        keep[extra] = True
+        rail = "min" if extra.numel() else None
+    return keep, rail
+
+
+def keep_top(scores: torch.Tensor, pool: torch.Tensor, count: int,
+             forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Fixed budget: the ``forced`` tokens plus the best-scoring tokens of ``pool`` up to ``count`` in total."""
+    keep = forced.clone() if forced is not None else torch.zeros_like(pool)
+    room = max(0, count - int(keep.sum()))
+    keep[_rank(scores, pool & ~keep)[:room]] = True
+    return keep
+
+
+def budget(n: int, retention: float) -> int:
+    """Number of tokens a fixed-budget method keeps out of n: ceil(retention * n), at least 1."""
+    return max(1, min(n, math.ceil(retention * n - 1e-9)))
+
+
+def random_keep(n: int, count: int, seed: int) -> torch.Tensor:
+    """``count`` of n tokens uniformly at random, reproducible by seed (own generator, no global RNG)."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.randperm(n, generator=gen)[:count]] = True
+    return keep
+
+
+def visionzip_groups(cls_attention: torch.Tensor, keys: torch.Tensor, n_dominant: int,
+                     n_contextual: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip (Yang et al. 2025): dominant tokens by [CLS] attention, the rest merged by key similarity.
+
+    Returns (dominant mask (N,), assign (N,) long) where assign[j] is the contextual target that token j
+    is merged into (-1 for dominant tokens). Targets are spread evenly over the non-dominant tokens,
+    every other non-dominant token joins its most similar target (cosine similarity of keys).
+    """
+    n = cls_attention.numel()
+    dominant = keep_top(cls_attention.float(), torch.ones(n, dtype=torch.bool), n_dominant)
+    assign = torch.full((n,), -1, dtype=torch.long)
+    rest = torch.nonzero(~dominant).flatten()
+    if rest.numel() == 0 or n_contextual <= 0:
+        return dominant, assign
+    n_contextual = min(n_contextual, rest.numel())
+    step = rest.numel() / n_contextual
+    targets = rest[(torch.arange(n_contextual) * step).long()]
+    normed = torch.nn.functional.normalize(keys.float(), dim=-1)
+    nearest = (normed[rest] @ normed[targets].T).argmax(dim=-1)
+    assign[rest] = targets[nearest]
+    assign[targets] = targets
+    return dominant, assign

@@ -1,0 +1,167 @@
+"""LLaVA-1.5 (LlavaForConditionalGeneration) and LLaVA-NeXT (LlavaNextForConditionalGeneration).
+
+Vision side: a CLIP-like tower (CLIP, SigLIP, or DINOv2-with-registers for the project's toy model)
+whose hidden state at ``vision_feature_layer`` is projected into the language model. Stage I reads
+the attention of that layer (the encoder layer that produces it), from the layer's own q / k.
+LLaVA-NeXT runs the tower on a base image + anyres tiles; the token layout (tiles, unpadding,
+image_newline) is obtained by running the model's own ``pack_image_features`` on token indices.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.image_processing_utils import select_best_resolution
+
+from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
+from .base import Adapter, Prepared, VisionOutput, emergent_registers, split_heads, vision_token_stats
+
+
+def _encoder_layers(tower) -> torch.nn.ModuleList:
+    for path in ("vision_model.encoder.layers", "encoder.layers", "encoder.layer"):
+        obj = tower
+        try:
+            for name in path.split("."):
+                obj = getattr(obj, name)
+            return obj
+        except AttributeError:
+            continue
+    raise TypeError(f"Unsupported vision tower {type(tower).__name__}: expected a CLIP/SigLIP/DINOv2-style encoder.")
+
+
+class LlavaAdapter(Adapter):
+    family = "llava"
+
+    def vision_layer(self) -> torch.nn.Module:
+        layers = _encoder_layers(self.model.model.vision_tower)
+        feature = self.config.vision_feature_layer
+        feature = feature[-1] if isinstance(feature, (list, tuple)) else feature  # scored: the last one
+        index = feature % (len(layers) + 1)          # into hidden_states = (embeddings, layer 0, ...)
+        if index == 0:
+            raise TypeError("vision_feature_layer points at the patch embeddings; there is no attention to score.")
+        self.layer_index = index - 1
+        vc = self.config.vision_config
+        self.n_registers = int(getattr(vc, "num_register_tokens", 0) or 0)
+        self.offset = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        self.grid = vc.image_size // vc.patch_size
+        return layers[self.layer_index]
+
+    def prepare(self, image, question: str) -> Prepared:
+        return self.processor_inputs(image, question)
+
+    # -- layout of the language model's visual tokens ------------------------------------------
+    def layout(self, prep: Prepared, n_tiles: int):
+        """src[j] = tile * P + p for LM visual token j (-1 for a newline), boxes, grid, kinds, row ids."""
+        w, h = prep.image_size
+        aff, out_w, out_h = clip_affine(w, h, self.processor.image_processor)
+        cell = out_w / self.grid
+        patch_boxes = grid_boxes(aff, w, h, self.grid, self.grid, cell, cell)
+        lead = self._lead_kinds()
+        boxes = [None] * len(lead) + patch_boxes
+        grid = [[0, -1, i] for i in range(len(lead))] + [[0, r, c] for r in range(self.grid) for c in range(self.grid)]
+        src = torch.arange(len(boxes))
+        return src, boxes, grid, lead + ["patch"] * len(patch_boxes), None
+
+    def _lead_kinds(self) -> list[str]:
+        """Kinds of the non-patch tokens that reach the LM before the patches (CLS under 'full', registers)."""
+        return ["cls"] * (1 - self.offset) + ["register"] * self.n_registers
+
+    def _features(self, prep: Prepared) -> torch.Tensor:
+        out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"], return_dict=True)
+        return torch.cat(list(out.pooler_output), dim=0)
+
+    def encode(self, prep: Prepared, cfg, stats: bool) -> VisionOutput:
+        with self.probe.capture() as cap:
+            embeds = self._features(prep)
+        x_in, x_out = cap["input"], cap["output"]            # (tiles, T, C)
+        n_tiles = x_in.shape[0]
+        src, boxes, grid, kinds, row_id = self.layout(prep, n_tiles)
+        vis = VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
+                           row_id=row_id)
+        if stats:
+            self._stats(vis, src, x_in, x_out, cfg)
+        return vis
+
+    def _stats(self, vis: VisionOutput, src: torch.Tensor, x_in, x_out, cfg) -> None:
+        """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT)."""
+        tiles, tokens = x_in.shape[0], x_in.shape[1]
+        has_cls = True  # CLIP / SigLIP-with-CLS / DINOv2 all put a [CLS] token first
+        if self.n_registers:
+            regs = torch.zeros(tiles, tokens, dtype=torch.bool, device=x_in.device)
+            regs[:, 1:1 + self.n_registers] = True
+            vis.register_source = "explicit"
+        else:
+            cand = torch.ones(tiles, tokens, dtype=torch.bool, device=x_in.device)
+            cand[:, 0] = not has_cls
+            regs = emergent_registers(x_out.reshape(tiles * tokens, -1), cand.flatten(), cfg.kappa,
+                                      cfg.max_register_frac).view(tiles, tokens)
+            vis.register_source = "emergent"
+        layer = self.probe.module
+        norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
+        heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
+        scale = getattr(attn, "scaling", None) or attn.scale
+        per_tile = []
+        for t in range(tiles):
+            h = norm(x_in[t])
+            q, k = split_heads(attn.q_proj(h), heads), split_heads(attn.k_proj(h), heads)
+            per_tile.append(vision_token_stats(q, k, scale, regs[t], 0 if has_cls else None, cfg.attn_chunk))
+        lm = slice(self.offset, None)
+
+        def gather(values: list[torch.Tensor | None], fill: float = float("nan")) -> torch.Tensor | None:
+            if any(v is None for v in values):
+                return None
+            flat = torch.stack([v[lm] for v in values]).flatten(0, 1).float().cpu()  # (tiles * P, ...)
+            out = flat.new_full((src.numel(),) + flat.shape[1:], fill)
+            ok = src >= 0
+            out[ok] = flat[src[ok]]
+            return out
+
+        vis.evidence = gather([s.evidence for s in per_tile])
+        vis.registers = gather([r.float() for r in regs], 0.0).bool()
+        vis.register_values = torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)])
+        vis.register_attention = gather([s.register_attention for s in per_tile])
+        vis.cls_attention = gather([s.cls_attention for s in per_tile])
+        vis.keys = torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0)
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    family = "llava_next"
+
+    def _features(self, prep: Prepared) -> torch.Tensor:
+        out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"],
+                                                  image_sizes=prep.inputs["image_sizes"], return_dict=True)
+        return torch.cat(list(out.pooler_output), dim=0)
+
+    def layout(self, prep: Prepared, n_tiles: int):
+        """Base image tokens, then the unpadded tile grid with one image_newline token per row."""
+        w, h = prep.image_size
+        per_tile = self.grid * self.grid
+        index = torch.arange(n_tiles * per_tile, dtype=torch.float32).view(n_tiles, per_tile, 1)
+        packed, _ = self.model.model.pack_image_features(
+            [index], prep.inputs["image_sizes"].cpu(), self.config.vision_feature_select_strategy,
+            image_newline=torch.tensor([-1.0]))
+        src = packed[0][:, 0].round().long()
+        size = self.config.vision_config.image_size
+        pinpoints = getattr(self.processor.image_processor, "image_grid_pinpoints", None) or \
+            self.config.image_grid_pinpoints
+        best_h, best_w = select_best_resolution((h, w), pinpoints)
+        tiles_w = best_w // size
+        base, canvas = scale_to(w, h, size, size), anyres_canvas(w, h, best_w, best_h)
+        cell = size / self.grid
+        boxes, grid, kinds, rows = [], [], [], []
+        for j, s in enumerate(src.tolist()):
+            if s < 0:
+                boxes.append(None), kinds.append("newline"), rows.append(rows[-1] if rows else -1)
+                grid.append([grid[-1][0] if grid else 1, grid[-1][1] if grid else 0, -1])
+                continue
+            tile, p = divmod(s, per_tile)
+            r, c = divmod(p, self.grid)
+            kinds.append("patch")
+            if tile == 0:
+                boxes.append(base.box(c * cell, r * cell, (c + 1) * cell, (r + 1) * cell, w, h))
+                grid.append([0, r, c]), rows.append(-1)
+            else:
+                tr, tc = divmod(tile - 1, tiles_w)
+                x0, y0 = tc * size + c * cell, tr * size + r * cell
+                boxes.append(canvas.box(x0, y0, x0 + cell, y0 + cell, w, h))
+                grid.append([tile, r, c]), rows.append(tr * self.grid + r)
+        return src, boxes, grid, kinds, torch.tensor(rows)

@@ -1,0 +1,66 @@
+"""The trace of one run (METHOD.md section 6): what the app draws and the benchmarks read.
+
+Every per-token list is indexed by visual token (0..N-1, in the order the language model sees
+them) and is JSON-serialisable (floats, ints, bools, None).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+
+def _floats(t) -> list:
+    """Tensor -> list of floats rounded to 6 significant digits, NaN -> None."""
+    out = []
+    for v in t.tolist():
+        out.append(None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(f"{v:.6g}"))
+    return out
+
+
+@dataclass
+class StageTrace:
+    name: str                        # "stage1", "stage2", "fastv", "visionzip", "random"
+    layer: int | None                # vision layer index (stage1) or decoder layer K (stage2/fastv)
+    n_in: int                        # visual tokens entering the stage
+    n_out: int                       # visual tokens leaving it
+    candidates: list[int]            # visual token indices that competed on their score
+    registers: list[int]             # visual token indices used as the reference
+    register_source: str             # "explicit", "emergent", "sink", "explicit+sink", ... or "none"
+    reference_kind: str              # "register", "mean" (asked or fallback) or "budget" (fixed-K methods)
+    reference: float | None          # rho or rho_q
+    threshold: float | None          # alpha / beta, or the lowest kept score for fixed budgets
+    scores: list                     # per visual token: relative evidence s_j, None if not scored
+    kept: list[bool]                 # per visual token: present after this stage
+    rail: str | None = None          # "min" / "max" when a floor or cap decided the count
+    register_attention: list | None = None  # per visual token: attention the registers pay to it
+    merged_into: list | None = None  # visionzip: per token, the token it was merged into (or None)
+
+
+@dataclass
+class Trace:
+    model: str
+    family: str
+    config: dict
+    image_size: tuple[int, int]      # original (width, height) in pixels
+    num_visual: int
+    boxes: list                      # per visual token: [x0, y0, x1, y1] in ORIGINAL pixels, or None
+    grid: list                       # per visual token: [tile, row, col] (tile 0 = base / only image)
+    kinds: list[str]                 # per visual token: "patch", "register", "newline"
+    stages: list[StageTrace] = field(default_factory=list)
+    kept: list[bool] = field(default_factory=list)   # final decision per visual token
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    flops: dict = field(default_factory=dict)
+    kv_cache_bytes: int = 0
+    sequence: dict = field(default_factory=dict)     # prefill lengths: before/after pruning, per layer
+
+    def stage(self, name: str) -> StageTrace | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
