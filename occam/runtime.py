@@ -86,7 +86,7 @@ class VLM:
             return _run(self, image, question, cfg, max_new_tokens, return_cache)
 
     def calibrate(self, samples: Iterable[tuple[Any, str]], target: float,
-                  config: OccamConfig | None = None, tol: float = 0.005, iters: int = 24) -> OccamConfig:
+                  config: OccamConfig | None = None, tol: float = 0.005, iters: int = 16) -> OccamConfig:
         return calibrate(self, samples, target, config, tol, iters)
 
 
@@ -328,7 +328,7 @@ def _fixed_stage(name, layer, keep, scores, threshold, ids=None, all_scores=None
 
 # ----------------------------------------------------------------------------------------------
 def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, config: OccamConfig | None = None,
-              tol: float = 0.005, iters: int = 24) -> OccamConfig:
+              tol: float = 0.005, iters: int = 16) -> OccamConfig:
     """alpha / beta giving a target AVERAGE retention over ``samples`` (METHOD.md section 4).
 
     Bisection on log(alpha) with Stage II off (target sqrt(t) when both stages are on, t otherwise),
@@ -359,9 +359,10 @@ def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, confi
             lo, hi = (mid, hi) if r > goal else (lo, mid)
         return best
 
+    use_stage2 = cfg.stage2
     if cfg.stage1:
-        goal1 = math.sqrt(target) if cfg.stage2 else target
-        cfg = solve("alpha", cfg.replace(stage2=False), goal1).replace(stage2=config.stage2 if config else True)
-    if cfg.stage2:
+        goal1 = math.sqrt(target) if use_stage2 else target
+        cfg = solve("alpha", cfg.replace(stage2=False), goal1).replace(stage2=use_stage2)
+    if use_stage2:
         cfg = solve("beta", cfg, target)
     return cfg
