@@ -86,7 +86,7 @@ class VLM:
             return _run(self, image, question, cfg, max_new_tokens, return_cache)
 
     def calibrate(self, samples: Iterable[tuple[Any, str]], target: float,
-                  config: OccamConfig | None = None, tol: float = 0.005, iters: int = 16) -> OccamConfig:
+                  config: OccamConfig | None = None, tol: float = 0.005, iters: int = 24) -> OccamConfig:
         return calibrate(self, samples, target, config, tol, iters)
 
 
@@ -328,7 +328,7 @@ def _fixed_stage(name, layer, keep, scores, threshold, ids=None, all_scores=None
 
 # ----------------------------------------------------------------------------------------------
 def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, config: OccamConfig | None = None,
-              tol: float = 0.005, iters: int = 16) -> OccamConfig:
+              tol: float = 0.005, iters: int = 24) -> OccamConfig:
     """alpha / beta giving a target AVERAGE retention over ``samples`` (METHOD.md section 4).
 
     Bisection on log(alpha) with Stage II off (target sqrt(t) when both stages are on, t otherwise),

@@ -178,7 +178,7 @@ def test_calibrate_reaches_the_target_average_retention():
     rng = np.random.RandomState(5)
     samples = [(Image.fromarray((rng.rand(40, 40, 3) * 255).astype(np.uint8)), "what is it") for _ in range(3)]
     for base in (OccamConfig(stage2=False), OccamConfig(stage1=False, stage2_layer=1), OccamConfig(stage2_layer=1)):
-        cfg = vlm.calibrate(samples, target=0.3, config=base, tol=0.02, iters=12)
+        cfg = vlm.calibrate(samples, target=0.3, config=base, tol=0.02)
         assert (cfg.stage1, cfg.stage2) == (base.stage1, base.stage2)
         got = np.mean([vlm.generate(i, q, cfg, max_new_tokens=0).trace.counts["retention"] for i, q in samples])
         assert abs(got - 0.3) <= 0.05, (base, cfg.alpha, cfg.beta, got)
