@@ -199,6 +199,7 @@ class _Seq:
 
     def cut(self, keep_vis: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Drop the visual tokens with keep_vis False from everything the next layers see."""
+        keep_vis = keep_vis.to(self.h.device)
         seq_keep = torch.ones(self.h.shape[1], dtype=torch.bool, device=self.h.device)
         seq_keep[self.vis_pos[~keep_vis]] = False
         new_index = torch.cumsum(seq_keep.long(), 0) - 1
@@ -282,7 +283,7 @@ def _stage2(ad: Adapter, layer, state: _Seq, cos, sin, vis: VisionOutput, keep1:
         return keep2, _fixed_stage("fastv", k_layer, keep2, None, None, ids, all_scores, vis.n, keep1)
     stage1_regs = vis.registers.cpu()[ids] if vis.registers is not None else torch.zeros(n_vis, dtype=torch.bool)
     sinks = torch.zeros(n_vis, dtype=torch.bool)
-    sinks[massive_activation_tokens(state.h[0, state.vis_pos], cfg.sink_kappa, cfg.max_register_frac)] = True
+    sinks[massive_activation_tokens(state.h[0, state.vis_pos], cfg.sink_kappa, cfg.max_register_frac).cpu()] = True
     regs = stage1_regs | sinks
     cand = ~regs
     sc = relative_evidence(attn, cand, regs, cfg.reference)

@@ -1,0 +1,4 @@
+"""Test-wide settings: the models under test are tiny, where torch's thread pool costs more than it gives."""
+import torch
+
+torch.set_num_threads(1)
