@@ -225,7 +225,7 @@ def _stage1(vis: VisionOutput, cfg: OccamConfig) -> tuple[torch.Tensor, torch.Te
     newline = torch.tensor([k == "newline" for k in vis.kinds], dtype=torch.bool)
     if cfg.method == "random":
         keep = random_keep(n, budget(n, cfg.retention), cfg.seed)
-        return keep, embeds, _fixed_stage("random", None, keep, keep, None)
+        return keep, embeds, _budget_stage("random", None, list(range(n)), None, keep)
     if cfg.method == "visionzip":
         total = budget(n, cfg.retention)
         n_ctx = min(total - 1, round(total * cfg.visionzip_contextual)) if total > 1 else 0
@@ -236,7 +236,7 @@ def _stage1(vis: VisionOutput, cfg: OccamConfig) -> tuple[torch.Tensor, torch.Te
         embeds = embeds.clone()
         for t in targets.tolist():
             embeds[t] = vis.embeds[(assign == t).to(embeds.device)].mean(0)
-        st = _fixed_stage("visionzip", vis.layer, keep, vis.cls_attention.cpu(), None)
+        st = _budget_stage("visionzip", vis.layer, list(range(n)), vis.cls_attention.cpu(), keep)
         st.merged_into = [int(a) if a >= 0 and a != j else None for j, a in enumerate(assign.tolist())]
         return keep, embeds, st
     if not (cfg.method in ("occam", "topk") and cfg.stage1):
@@ -280,7 +280,9 @@ def _stage2(ad: Adapter, layer, state: _Seq, cos, sin, vis: VisionOutput, keep1:
     if cfg.method == "fastv":
         keep2 = keep_top(attn, torch.ones(n_vis, dtype=torch.bool), budget(vis.n, cfg.retention))
         all_scores[ids] = attn
-        return keep2, _fixed_stage("fastv", k_layer, keep2, None, None, ids, all_scores, vis.n, keep1)
+        kept = keep1.clone()
+        kept[ids[~keep2]] = False
+        return keep2, _budget_stage("fastv", k_layer, ids.tolist(), all_scores, kept)
     stage1_regs = vis.registers.cpu()[ids] if vis.registers is not None else torch.zeros(n_vis, dtype=torch.bool)
     sinks = torch.zeros(n_vis, dtype=torch.bool)
     sinks[massive_activation_tokens(state.h[0, state.vis_pos], cfg.sink_kappa, cfg.max_register_frac).cpu()] = True
@@ -310,21 +312,17 @@ def _lowest(scores: torch.Tensor, mask: torch.Tensor) -> float | None:
     return float(vals.min()) if vals.numel() else None
 
 
-def _fixed_stage(name, layer, keep, scores, threshold, ids=None, all_scores=None, n=None, keep_before=None):
-    """Trace of a fixed-budget stage (random, visionzip, fastv): no register reference."""
-    if ids is None:
-        n = keep.numel()
-        all_scores = scores.float() if isinstance(scores, torch.Tensor) and scores.dtype != torch.bool else None
-        kept, n_in, cands = keep.tolist(), n, list(range(n))
-    else:
-        full = keep_before.clone()
-        full[ids[~keep]] = False
-        kept, n_in, cands = full.tolist(), ids.numel(), ids.tolist()
-    scored = all_scores if all_scores is not None else torch.full((n,), float("nan"))
-    lowest = _lowest(scored, torch.tensor(kept)) if all_scores is not None else None
-    return StageTrace(name=name, layer=layer, n_in=n_in, n_out=int(sum(kept)), candidates=cands, registers=[],
-                      register_source="none", reference_kind="budget", reference=None,
-                      threshold=lowest if threshold is None else threshold, scores=_floats(scored), kept=kept)
+def _budget_stage(name: str, layer: int | None, candidates: list[int], scores: torch.Tensor | None,
+                  kept: torch.Tensor) -> StageTrace:
+    """Trace of a fixed-budget stage (random, visionzip, fastv): no register reference.
+
+    scores: (N,) per visual token (NaN where not scored) or None; kept: (N,) after the stage.
+    """
+    n = kept.numel()
+    scores = torch.full((n,), float("nan")) if scores is None else scores.float()
+    return StageTrace(name=name, layer=layer, n_in=len(candidates), n_out=int(kept.sum()), candidates=candidates,
+                      registers=[], register_source="none", reference_kind="budget", reference=None,
+                      threshold=_lowest(scores, kept), scores=_floats(scores), kept=kept.tolist())
 
 
 # ----------------------------------------------------------------------------------------------
