@@ -78,14 +78,6 @@ class OccamConfig:
 
     # -- derived views -------------------------------------------------------------------
     @property
-    def prunes(self) -> bool:
-        return self.method != "none"
-
-    @property
-    def uses_stage1(self) -> bool:
-        return self.method in ("occam", "topk") and self.stage1 or self.method in ("visionzip", "random")
-
-    @property
     def uses_stage2(self) -> bool:
         return self.method in ("occam", "topk") and self.stage2 or self.method == "fastv"
 
