@@ -1,0 +1,32 @@
+"""Entry point: ``python app.py`` launches the OccamToken web app (Hugging Face Spaces runs this file).
+
+Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (where to listen; default 127.0.0.1:7860),
+OCCAM_APP_MODEL (model served first, default "toy"), OCCAM_APP_CONCURRENCY (parallel runs, default 2),
+OCCAM_APP_PRELOAD=0 (do not load the default model at start), OCCAM_APP_CACHE_EXAMPLES (lazy|eager|0).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from app import backend
+from app.ui import build_demo
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # cached example outputs live with this process (never stale after a model change, nothing in the repo)
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="occam_examples_"))
+    if os.environ.get("OCCAM_APP_PRELOAD", "1") != "0":
+        try:  # load once at start; a failure is logged (by the cache), the app still starts and says why on use
+            backend.MODELS.get(backend.default_model())
+        except backend.ModelLoadError:
+            pass
+    demo = build_demo()
+    demo.launch(max_file_size="64mb")  # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+
+
+if __name__ == "__main__":
+    main()
