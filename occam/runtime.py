@@ -98,11 +98,14 @@ def _run(vlm: VLM, image, question: str, cfg: OccamConfig, max_new_tokens: int, 
     prep = ad.prepare(image, question)
     t1 = clock.now()
     clock.add("preprocess_s", t1 - t0)
-    vis = ad.encode(prep, cfg, stats=cfg.method in ("occam", "topk", "visionzip"))
+    vis = ad.encode(prep)
     t2 = clock.now()
+    if cfg.method in ("occam", "topk", "visionzip"):
+        ad.stats(vis, cfg)
+    vis.extra = {}                      # release the captured vision layer
     keep, embeds, stage1 = _stage1(vis, cfg)
     t3 = clock.now()
-    clock.add("scoring_s", t3 - t2)
+    clock.add("scoring_s", t3 - t2)     # Stage-I statistics and selection; also inside vision_s
     clock.add("vision_s", t3 - t1)
     trace = Trace(model=vlm.name, family=ad.family, config=cfg.to_dict(), image_size=tuple(prep.image_size),
                   num_visual=vis.n, boxes=vis.boxes, grid=vis.grid, kinds=vis.kinds)
@@ -140,7 +143,7 @@ def _run(vlm: VLM, image, question: str, cfg: OccamConfig, max_new_tokens: int, 
             keep[state.vis_ids.cpu()] = True
             stage2.kept = keep.tolist()
             trace.stages.append(stage2)
-            clock.add("scoring_s", clock.now() - ts)
+            clock.add("scoring_s", clock.now() - ts)   # Stage-II scoring; also inside prefill_s
         lengths.append(state.h.shape[1])
         state.h = layer(state.h, attention_mask=_causal_mask(lm, state.h), position_embeddings=(cos, sin),
                         past_key_values=cache)

@@ -51,6 +51,9 @@ class Trace:
     stages: list[StageTrace] = field(default_factory=list)
     kept: list[bool] = field(default_factory=list)   # final decision per visual token
     counts: dict = field(default_factory=dict)
+    # seconds: preprocess_s; vision_s (encoder + Stage-I statistics and selection); prefill_s (LM prefill to the
+    # first logits, Stage-II scoring included); scoring_s (evidence only, Stage I + II: a part of vision_s and
+    # prefill_s, not an extra bucket); decode_s; total_s; and decode_tokens_per_s
     timings: dict = field(default_factory=dict)
     flops: dict = field(default_factory=dict)
     kv_cache_bytes: int = 0

@@ -44,7 +44,7 @@ def reference_generate(vlm, image, question: str, keep1: torch.Tensor, keep2: to
     ad = vlm.adapter
     lm = ad.text_model
     prep = ad.prepare(image, question)
-    vis = ad.encode(prep, None, stats=False)
+    vis = ad.encode(prep)
     ids = prep.inputs["input_ids"][0]
     slots = torch.nonzero(ids == ad.image_token_id).flatten()
     emb = lm.embed_tokens(ids[None])[0].clone()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -84,6 +84,7 @@ class VisionOutput:
     keys: torch.Tensor | None = None              # (N, dk) keys of the scored layer (VisionZip merging)
     row_id: torch.Tensor | None = None            # (N,) long: NeXT row of a tile token / newline, -1 else
     deepstack: list | None = None                 # Qwen3-VL: per LM layer, (N, D) features added after it
+    extra: dict = field(default_factory=dict)     # adapter-private: the captured vision layer, until stats()
 
     @property
     def n(self) -> int:
@@ -144,7 +145,12 @@ class Adapter:
     def prepare(self, image, question: str) -> Prepared:
         raise NotImplementedError
 
-    def encode(self, prep: Prepared, cfg, stats: bool) -> VisionOutput:
+    def encode(self, prep: Prepared) -> VisionOutput:
+        """Visual tokens as the LM sees them, their boxes; the scored vision layer is captured in ``extra``."""
+        raise NotImplementedError
+
+    def stats(self, vis: VisionOutput, cfg) -> None:
+        """Fill ``vis``'s Stage-I statistics (evidence, registers, attention, keys) from the captured layer."""
         raise NotImplementedError
 
     def positions(self, prep: Prepared) -> torch.Tensor:

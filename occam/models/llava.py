@@ -68,20 +68,16 @@ class LlavaAdapter(Adapter):
         out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"], return_dict=True)
         return torch.cat(list(out.pooler_output), dim=0)
 
-    def encode(self, prep: Prepared, cfg, stats: bool) -> VisionOutput:
+    def encode(self, prep: Prepared) -> VisionOutput:
         with self.probe.capture() as cap:
             embeds = self._features(prep)
-        x_in, x_out = cap["input"], cap["output"]            # (tiles, T, C)
-        n_tiles = x_in.shape[0]
-        src, boxes, grid, kinds, row_id = self.layout(prep, n_tiles)
-        vis = VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
-                           row_id=row_id)
-        if stats:
-            self._stats(vis, src, x_in, x_out, cfg)
-        return vis
+        src, boxes, grid, kinds, row_id = self.layout(prep, cap["input"].shape[0])
+        return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
+                            row_id=row_id, extra={"src": src, "input": cap["input"], "output": cap["output"]})
 
-    def _stats(self, vis: VisionOutput, src: torch.Tensor, x_in, x_out, cfg) -> None:
+    def stats(self, vis: VisionOutput, cfg) -> None:
         """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT)."""
+        src, x_in, x_out = vis.extra["src"], vis.extra["input"], vis.extra["output"]   # (tiles, T, C)
         tiles, tokens = x_in.shape[0], x_in.shape[1]
         has_cls = True  # CLIP / SigLIP-with-CLS / DINOv2 all put a [CLS] token first
         if self.n_registers:

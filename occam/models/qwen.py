@@ -46,7 +46,7 @@ class QwenAdapter(Adapter):
         window_index, _ = get_vision_window_index(grid_thw, self.merge, vc.window_size, vc.patch_size)
         return window_index
 
-    def encode(self, prep: Prepared, cfg, stats: bool) -> VisionOutput:
+    def encode(self, prep: Prepared) -> VisionOutput:
         thw = prep.inputs["image_grid_thw"]
         with self.probe.capture() as cap:
             out = self.model.model.get_image_features(prep.inputs["pixel_values"], thw, return_dict=True)
@@ -61,13 +61,11 @@ class QwenAdapter(Adapter):
         aff = scale_to(w, h, gw * patch, gh * patch)
         boxes = grid_boxes(aff, w, h, rows, cols, self.merge * patch, self.merge * patch) * t
         grid = [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
-        vis = VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
-                           layer=self.layer_index, deepstack=deepstack or None)
-        if stats:
-            self._stats(vis, cap, thw, cfg)
-        return vis
+        return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
+                            layer=self.layer_index, deepstack=deepstack or None, extra={"thw": thw, **cap})
 
-    def _stats(self, vis: VisionOutput, cap: dict, thw: torch.Tensor, cfg) -> None:
+    def stats(self, vis: VisionOutput, cfg) -> None:
+        cap, thw = vis.extra, vis.extra["thw"]
         x_in, x_out = cap["input"], cap["output"]          # (T, C) patches, in the blocks' order
         unit = self.merge ** 2
         n = x_in.shape[0] // unit

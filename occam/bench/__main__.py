@@ -1,0 +1,38 @@
+"""``python -m occam.bench speed|accuracy [options]``: dispatch to a benchmark's ``main(argv)``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning methods",
+            "accuracy": "answers of the pruned models against the full model / references"}
+USAGE = "usage: python -m occam.bench {speed,accuracy} [options]   (--help after the command for its options)\n" + \
+    "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"Unknown benchmark {command!r}.\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"occam.bench.{command}")
+    except ModuleNotFoundError as e:
+        if e.name != f"occam.bench.{command}":
+            raise  # a missing dependency inside the benchmark, not the benchmark itself
+        print(f"The {command!r} benchmark is not available in this checkout (no module occam/bench/{command}.py).",
+              file=sys.stderr)
+        return 2
+    if not hasattr(module, "main"):
+        print(f"occam.bench.{command} has no main(argv) function.", file=sys.stderr)
+        return 2
+    module.main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

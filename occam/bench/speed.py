@@ -1,0 +1,329 @@
+"""``python -m occam.bench speed``: wall-clock, memory and FLOPs of the full model vs pruning methods.
+
+For one model, image and question, every method runs at a matched retention (occam's alpha / beta
+are set on this input so that it keeps as many visual tokens as the fixed-budget methods). After
+warm-up, full and pruned runs alternate: each round times every pruned variant (in an order
+rotated from round to round) right next to a run of the full model, full first in even rounds and
+second in odd ones, so that machine drift hits both sides of a pair alike. Speed-ups are medians
+of the per-pair ratios (full / pruned); "best" ratios divide the fastest runs of each side.
+
+    python -m occam.bench speed --model llava-1.5-7b --text-layers 4 --retention 0.25 --reps 3
+    python -m occam.bench speed --model llava-hf/llava-1.5-7b-hf --device cuda --dtype bfloat16 --retention 0.11 0.25
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import occam
+from occam.inputs import open_image
+
+from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, match_occam, md_table, median,
+                     ratios, summarize)
+
+METHODS = ("none", "occam", "topk", "fastv", "visionzip")
+TIMING_KEYS = ("preprocess_s", "vision_s", "scoring_s", "prefill_s", "decode_s", "total_s", "decode_tokens_per_s")
+QUESTION = "What is the red object in the middle of the picture, and what can be seen behind it? Answer briefly."
+TARGET_FRACTION_OF_IDEAL = 0.90   # measured prefill speed-up >= 90% of the FLOPs-ideal one
+TARGET_SCORING_SHARE = 0.05       # scoring overhead <= 5% of the full model's prefill
+
+
+@dataclass
+class Variant:
+    label: str
+    method: str
+    retention: float | None       # target retention (None for the full model)
+    config: occam.OccamConfig
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m occam.bench speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="toy",
+                   help="hub id, local folder, 'toy', or an occam.archs name (random weights), e.g. llava-1.5-7b")
+    p.add_argument("--text-layers", type=int, default=None, help="keep only the first N decoder layers")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--retention", nargs="+", type=float, default=[0.25], help="target retention(s) in (0, 1]")
+    p.add_argument("--reps", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first; the last one measures memory")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--image", default=None, help="an image file (default: a generated photo-like image)")
+    p.add_argument("--image-size", default="640x480", help="WxH of the generated image (default 640x480)")
+    p.add_argument("--question", default=QUESTION)
+    p.add_argument("--fastv-layer", type=int, default=2, help="FastV's K (clipped to the model depth)")
+    p.add_argument("--stage2-layer", type=int, default=None, help="occam/topk Stage II layer K (default round(0.34 L))")
+    p.add_argument("--match", default="quantile", choices=("quantile", "bisect"),
+                   help="how occam's alpha/beta are matched to the retention (quantile: 2 runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--out", default=None, help="markdown output (JSON written beside it); "
+                                                "default bench_results/speed_<model>.md")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.reps < 1 or args.warmup < 0 or args.max_new_tokens < 1:
+        p.error("--reps must be >= 1, --warmup >= 0, --max-new-tokens >= 1")
+    if any(not 0 < r <= 1 for r in args.retention):
+        p.error("--retention values must lie in (0, 1]")
+    return args
+
+
+def make_variants(vlm: occam.VLM, image, question: str, methods, retentions, fastv_layer: int,
+                  stage2_layer: int | None, match: str = "quantile") -> list[Variant]:
+    """The full model once, then every pruning method at every target retention."""
+    depth = vlm.num_layers
+    base = occam.OccamConfig(method="none", fastv_layer=min(fastv_layer, depth - 1), stage2_layer=stage2_layer)
+    out = [Variant("none", "none", None, base)]
+    for t in retentions:
+        for m in methods:
+            if m == "none":
+                continue
+            cfg = match_occam(vlm, image, question, t, base, match) if m == "occam" else \
+                base.replace(method=m, retention=t)
+            out.append(Variant(f"{m}@{t:g}", m, t, cfg))
+    return out
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def run_rounds(vlm: occam.VLM, image, question: str, variants: list[Variant], reps: int, warmup: int,
+               max_new_tokens: int, log=None) -> tuple[dict, dict, dict]:
+    """Warm-up rounds (the last one under PeakMemory), then ``reps`` rounds of (full, pruned) pairs.
+
+    ``variants[0]`` is the full model. Returns ({label: [Trace]}, {label: [Trace of the full run paired
+    with each of those]}, {label: peak memory bytes or None}).
+    """
+    full, pruned = variants[0], variants[1:]
+    traces = {v.label: [] for v in variants}
+    partner = {v.label: [] for v in variants}
+    memory = {v.label: None for v in variants}
+    device = vlm.adapter.device
+
+    def timed(v: Variant, r: int):
+        tr = vlm.generate(image, question, v.config, max_new_tokens=max_new_tokens).trace
+        traces[v.label].append(tr)
+        if log:
+            log(f"round {r + 1}/{reps} {v.label}: prefill {tr.timings['prefill_s']:.3f}s "
+                f"vision {tr.timings['vision_s']:.3f}s kept {tr.counts['final']}/{tr.counts['visual']}")
+        return tr
+
+    for r in range(warmup):
+        for v in variants:
+            with PeakMemory(device) as pm:
+                vlm.generate(image, question, v.config, max_new_tokens=max_new_tokens)
+            memory[v.label] = pm.bytes
+            if log:
+                log(f"warm-up {r + 1}/{warmup} {v.label}")
+    for r in range(reps):
+        shift = r % len(pruned) if pruned else 0
+        for v in pruned[shift:] + pruned[:shift]:
+            first, second = (full, v) if r % 2 == 0 else (v, full)
+            a, b = timed(first, r), timed(second, r)
+            partner[v.label].append(a if first is full else b)
+        if not pruned:
+            timed(full, r)
+    partner[full.label] = traces[full.label]
+    return traces, partner, memory
+
+
+def kv_bytes_by_hand(lm_config, per_layer: list[int], element_size: int) -> int:
+    """2 (K and V) x kv_heads x head_dim x bytes per element, summed over the per-layer lengths."""
+    heads = lm_config.num_attention_heads
+    kv = getattr(lm_config, "num_key_value_heads", None) or heads
+    hd = getattr(lm_config, "head_dim", None) or lm_config.hidden_size // heads
+    return 2 * kv * hd * element_size * sum(per_layer)
+
+
+def ttft(tr) -> float:
+    """Time to first token: preprocessing + vision encoder (+ Stage I) + prefill (+ Stage II)."""
+    return tr.timings["total_s"] - tr.timings["decode_s"]
+
+
+def variant_report(v: Variant, traces: list, partner: list, all_full: list, memory: int | None, lm_config,
+                   element_size: int) -> dict:
+    """One table row: this variant's traces, the full runs paired with them, and every full run."""
+    tr = traces[0]
+    timings = {k: summarize([t.timings.get(k) for t in traces]) for k in TIMING_KEYS}
+    full_prefill = median([t.timings["prefill_s"] for t in all_full])
+    prefill_x = summarize(ratios([t.timings["prefill_s"] for t in partner], [t.timings["prefill_s"] for t in traces]))
+    best_x = min(t.timings["prefill_s"] for t in all_full) / min(t.timings["prefill_s"] for t in traces)
+    ideal = tr.flops["prefill_full"] / tr.flops["prefill"]
+    seq = tr.sequence
+    k = seq["stage2_layer"]
+    hand = kv_bytes_by_hand(lm_config, seq["per_layer"], element_size)
+    text_tokens = seq["prompt"] - tr.counts["visual"]
+    lengths_ok = all(n == (seq["after_stage1"] if k is None or i < k else text_tokens + tr.counts["final"])
+                     for i, n in enumerate(seq["per_layer"]))
+    vision_delta = [a.timings["vision_s"] - b.timings["vision_s"] for a, b in zip(traces, partner)]
+    scoring_share = timings["scoring_s"]["median"] / full_prefill
+    rep = {
+        "label": v.label, "method": v.method, "target_retention": v.retention, "config": v.config.to_dict(),
+        "counts": tr.counts, "sequence": seq, "flops": tr.flops,
+        "kv_cache_bytes": tr.kv_cache_bytes, "kv_cache_bytes_by_hand": hand, "peak_memory_bytes": memory,
+        "timings": timings, "ttft_s": summarize(ttft(t) for t in traces),
+        "flops_ideal_prefill_speedup": ideal,
+        "measured_prefill_speedup": prefill_x,
+        "measured_over_ideal": prefill_x["median"] / ideal,
+        "best_prefill_speedup": best_x,
+        "best_over_ideal": best_x / ideal,
+        "ttft_speedup": summarize(ratios([ttft(t) for t in partner], [ttft(t) for t in traces])),
+        "scoring_share_of_full_prefill": scoring_share,
+        "vision_delta_share_of_full_prefill": median(vision_delta) / full_prefill,
+    }
+    rep["checks"] = {
+        "speedup_within_90pct_of_ideal": rep["measured_over_ideal"] >= TARGET_FRACTION_OF_IDEAL,
+        "best_speedup_within_90pct_of_ideal": best_x / ideal >= TARGET_FRACTION_OF_IDEAL,
+        "scoring_within_5pct_of_full_prefill": scoring_share <= TARGET_SCORING_SHARE,
+        "kv_bytes_match_hand_count": tr.kv_cache_bytes == hand,
+        "kv_lengths_match_kept_tokens": lengths_ok,
+    }
+    return rep
+
+
+def build_report(vlm: occam.VLM, variants: list[Variant], traces: dict, partner: dict, memory: dict,
+                 setup: dict) -> dict:
+    lm_config = vlm.adapter.text_model.config
+    element_size = torch.empty((), dtype=vlm.model.dtype).element_size()
+    full = traces["none"]
+    tr = full[0]
+    return {
+        "benchmark": "speed", **setup,
+        "model": vlm.name, "family": vlm.family, "num_text_layers": vlm.num_layers,
+        "device": str(vlm.adapter.device), "dtype": str(vlm.model.dtype).removeprefix("torch."),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "image_size": list(tr.image_size), "prompt_tokens": tr.sequence["prompt"], "visual_tokens": tr.num_visual,
+        "memory_kind": PeakMemory(vlm.adapter.device).kind,
+        "variants": [variant_report(v, traces[v.label], partner[v.label], full, memory[v.label], lm_config,
+                                    element_size)
+                     for v in variants],
+    }
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def _runs(lengths: list[int]) -> str:
+    """[650, 650, 209, 209] -> '650×2, 209×2'."""
+    out, i = [], 0
+    while i < len(lengths):
+        j = i
+        while j < len(lengths) and lengths[j] == lengths[i]:
+            j += 1
+        out.append(f"{lengths[i]}×{j - i}")
+        i = j
+    return ", ".join(out)
+
+
+def _ret(v: dict) -> str:
+    return "1" if v["target_retention"] is None else f"{v['target_retention']:g}"
+
+
+def timings_table(report: dict) -> str:
+    header = ["method", "target ret.", "kept / visual", "tokens per layer", "vision s", "scoring s", "prefill s",
+              "TTFT s", "decode tok/s", "KV cache MiB", "peak mem Δ MiB"]
+    rows = []
+    for v in report["variants"]:
+        t, c = v["timings"], v["counts"]
+        mem = v["peak_memory_bytes"]
+        rows.append([v["method"], _ret(v), f"{c['final']} / {c['visual']}", _runs(v["sequence"]["per_layer"]),
+                     fmt_range(t["vision_s"]), fmt_range(t["scoring_s"], 2), fmt_range(t["prefill_s"]),
+                     fmt_range(v["ttft_s"]), fmt_range(t["decode_tokens_per_s"]),
+                     fmt(v["kv_cache_bytes"] / 2 ** 20), fmt(None if mem is None else mem / 2 ** 20)])
+    return md_table(header, rows)
+
+
+def speedup_table(report: dict) -> str:
+    header = ["method", "target ret.", "FLOPs-ideal prefill ×", "measured prefill × (pairs)", "measured / ideal",
+              "best-run prefill ×", "best / ideal", "TTFT ×", "scoring % of full prefill", "Δvision % of full prefill", "KV = hand count, ∝ kept"]
+    rows = []
+    for v in report["variants"]:
+        ch = v["checks"]
+        rows.append([v["method"], _ret(v), fmt(v["flops_ideal_prefill_speedup"]),
+                     fmt_range(v["measured_prefill_speedup"]), f"{100 * v['measured_over_ideal']:.0f}%",
+                     fmt(v["best_prefill_speedup"]), f"{100 * v['best_over_ideal']:.0f}%",
+                     fmt_range(v["ttft_speedup"]), f"{100 * v['scoring_share_of_full_prefill']:.1f}%",
+                     f"{100 * v['vision_delta_share_of_full_prefill']:+.1f}%",
+                     "yes" if ch["kv_bytes_match_hand_count"] and ch["kv_lengths_match_kept_tokens"] else "NO"])
+    return md_table(header, rows)
+
+
+def markdown(report: dict) -> str:
+    r = report
+    k = next((v["sequence"]["stage2_layer"] for v in r["variants"] if v["method"] == "occam"), None)
+    setup = (f"- model: `{r['model']}` ({r['family']}, {r['num_text_layers']} decoder layers), {r['device']}, "
+             f"{r['dtype']}, torch {r['torch']}, {r['threads']} threads\n"
+             f"- input: {r['image_size'][0]}x{r['image_size'][1]} image, {r['visual_tokens']} visual tokens, "
+             f"{r['prompt_tokens']} prompt tokens; {r['max_new_tokens']} new tokens\n"
+             f"- {r['warmup']} warm-up round(s), then {r['reps']} round(s) in which every pruned variant is timed "
+             f"next to a run of the full model (full first / second in even / odd rounds, variant order rotated); "
+             f"cells: median [min–max] over the runs\n"
+             f"- occam Stage II at decoder layer K={k}; FastV at layer {r['fastv_layer']}; "
+             f"occam's alpha/beta matched to the target retention by `{r['match']}`\n"
+             f"- command: `{r['command']}`")
+    notes = ("- *prefill s*: the language-model prefill up to the first token's logits, Stage II / FastV scoring "
+             "included; *vision s*: vision encoder + Stage-I statistics + Stage I; *TTFT*: preprocessing + vision + "
+             "prefill.\n"
+             "- *FLOPs-ideal prefill ×*: `flops.prefill_full / flops.prefill` (matmuls + causal attention at the "
+             "per-layer token counts); *measured prefill ×*: ratio of the prefill times of the full and pruned runs "
+             "of each pair; *best-run ×*: fastest full prefill / fastest pruned prefill (on a shared machine, "
+             "interference only ever slows a run down).\n"
+             "- *scoring %*: the traced `scoring_s` (Stage I selection + Stage II / FastV scoring) over the full "
+             "model's median prefill; *Δvision %*: per-round vision-time difference to the full model (the "
+             "Stage-I attention statistics computed inside the vision encoder, not counted in `scoring_s`), same "
+             "scale; noisy when it is small.\n"
+             f"- *KV cache*: bytes of the prefill's DynamicCache (checked against 2 × kv_heads × head_dim × bytes "
+             f"× Σ per-layer lengths, lengths = Stage-I length before K, text + kept tokens from K on); "
+             f"*peak mem Δ*: {r['memory_kind']} above the level before the call, in the last warm-up round.")
+    return (f"# Speed benchmark: {r['model']}\n\n{setup}\n\n## Timings\n\n{timings_table(r)}\n\n"
+            f"## Speed-up against the full model\n\n{speedup_table(r)}\n\n{notes}\n")
+
+
+# -- entry point -----------------------------------------------------------------------------------
+def default_out(model: str, text_layers: int | None) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).name if Path(model).is_dir() else model).strip("-").lower()
+    return Path("bench_results") / f"speed_{slug}{f'-L{text_layers}' if text_layers else ''}.md"
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    log = None if args.quiet else (lambda msg: print(f"[speed {time.strftime('%H:%M:%S')}] {msg}",
+                                                     file=sys.stderr, flush=True))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vlm = load_vlm(args.model, args.text_layers, args.dtype, args.device)
+    if args.image:
+        image = open_image(args.image)
+    else:
+        w, h = (int(x) for x in args.image_size.lower().split("x"))
+        image = bench_image(w, h)
+    if log:
+        log(f"loaded {vlm.name}; matching retention {args.retention}")
+    variants = make_variants(vlm, image, args.question, args.methods, args.retention, args.fastv_layer,
+                             args.stage2_layer, args.match)
+    traces, partner, memory = run_rounds(vlm, image, args.question, variants, args.reps, args.warmup,
+                                         args.max_new_tokens, log)
+    setup = {"command": "python -m occam.bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
+             "question": args.question, "reps": args.reps, "warmup": args.warmup,
+             "max_new_tokens": args.max_new_tokens, "fastv_layer": variants[0].config.fastv_layer,
+             "match": args.match, "retentions": args.retention}
+    return build_report(vlm, variants, traces, partner, memory, setup)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    report = run(args, argv)
+    md = markdown(report)
+    out = Path(args.out) if args.out else default_out(args.model, args.text_layers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print(md)
+    print(f"written: {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
