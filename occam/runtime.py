@@ -248,15 +248,8 @@ def _stage1(vis: VisionOutput, cfg: OccamConfig) -> tuple[torch.Tensor, torch.Te
     cand = ~regs & ~newline
     sc = relative_evidence(vis.evidence.cpu(), cand, regs, cfg.reference,
                            None if vis.register_values is None else vis.register_values.cpu())
-    rail = None
-    if cfg.method == "occam":
-        keep, rail = keep_by_threshold(sc.scores, cand, regs, cfg.alpha, cfg.keep_registers,
-                                       cfg.min_tokens, cfg.max_tokens)
-        threshold = cfg.alpha
-    else:
-        share = math.sqrt(cfg.retention) if cfg.stage2 else cfg.retention
-        keep = keep_top(sc.scores, cand, budget(n, share), regs if cfg.keep_registers else None)
-        threshold = _lowest(sc.scores, keep & cand)
+    share = math.sqrt(cfg.retention) if cfg.stage2 else cfg.retention
+    keep, rail, threshold = _select(cfg, sc, cand, regs, cfg.alpha, budget(n, share))
     if vis.row_id is not None and newline.any():  # a NeXT row-end token stays iff its row keeps a token
         rows_kept = set(vis.row_id[keep & ~newline].tolist())
         keep[newline] = torch.tensor([r in rows_kept for r in vis.row_id[newline].tolist()], dtype=torch.bool)
@@ -292,14 +285,7 @@ def _stage2(ad: Adapter, layer, state: _Seq, cos, sin, vis: VisionOutput, keep1:
     regs = stage1_regs | sinks
     cand = ~regs
     sc = relative_evidence(attn, cand, regs, cfg.reference)
-    rail = None
-    if cfg.method == "occam":
-        keep2, rail = keep_by_threshold(sc.scores, cand, regs, cfg.beta, cfg.keep_registers,
-                                        cfg.min_tokens, cfg.max_tokens)
-        threshold = cfg.beta
-    else:
-        keep2 = keep_top(sc.scores, cand, budget(vis.n, cfg.retention), regs if cfg.keep_registers else None)
-        threshold = _lowest(sc.scores, keep2 & cand)
+    keep2, rail, threshold = _select(cfg, sc, cand, regs, cfg.beta, budget(vis.n, cfg.retention))
     sources = [s for s, on in ((vis.register_source, stage1_regs.any()), ("sink", sinks.any())) if on]
     all_scores[ids] = sc.scores
     return keep2, StageTrace(
@@ -307,6 +293,17 @@ def _stage2(ad: Adapter, layer, state: _Seq, cos, sin, vis: VisionOutput, keep1:
         registers=ids[regs].tolist(), register_source="+".join(sources) or "none",
         reference_kind=sc.reference_kind, reference=sc.reference, threshold=threshold,
         scores=_floats(all_scores), kept=[], rail=rail)
+
+
+def _select(cfg: OccamConfig, sc, cand: torch.Tensor, regs: torch.Tensor, threshold: float,
+            count: int) -> tuple[torch.Tensor, str | None, float | None]:
+    """occam: keep s >= threshold (rails apply); topk: the same scores with a fixed ``count``."""
+    if cfg.method == "occam":
+        keep, rail = keep_by_threshold(sc.scores, cand, regs, threshold, cfg.keep_registers,
+                                       cfg.min_tokens, cfg.max_tokens)
+        return keep, rail, threshold
+    keep = keep_top(sc.scores, cand, count, regs if cfg.keep_registers else None)
+    return keep, None, _lowest(sc.scores, keep & cand)
 
 
 def _lowest(scores: torch.Tensor, mask: torch.Tensor) -> float | None:
