@@ -165,7 +165,7 @@ def _run(vlm: VLM, image, question: str, cfg: OccamConfig, max_new_tokens: int, 
         if tok in eos or step == max_new_tokens - 1:
             break
         h = lm.embed_tokens(torch.tensor([[tok]], device=ids.device))
-        p = torch.full((ad.mrope and 3 or 1, 1, 1), next_pos + step, device=ids.device)
+        p = torch.full((3 if ad.mrope else 1, 1, 1), next_pos + step, device=ids.device)
         c, s = lm.rotary_emb(h, p if ad.mrope else p[0])
         for layer in lm.layers:
             h = layer(h, attention_mask=None, position_embeddings=(c, s), past_key_values=cache)
