@@ -55,15 +55,15 @@ class ToyArch:
     image_size: int = world.IMAGE_SIZE
     patch_size: int = 12
     num_register_tokens: int = 4
-    vision_hidden: int = 192
+    vision_hidden: int = 128
     vision_layers: int = 6
-    vision_heads: int = 3
+    vision_heads: int = 2
     vision_mlp_ratio: int = 4
-    text_hidden: int = 192
+    text_hidden: int = 128
     text_layers: int = 6
     text_heads: int = 4
-    text_intermediate: int = 512
-    max_positions: int = 160
+    text_intermediate: int = 384
+    max_positions: int = 256
     # init std in thousandths (1/sqrt(width)-ish; the HF default 0.02 is far too small for width 128 and
     # leaves the LM stuck on a long plateau before it learns to look up tokens in a long context)
     text_init_milli: int = 100

@@ -28,17 +28,22 @@ from . import world as W
 # --------------------------------------------------------------------------- auxiliary patch supervision
 
 _COLOR_ARR = np.array([W.COLORS[c] for c in W.COLOR_NAMES], dtype=np.int16)  # (6, 3)
-N_AUX = (1 + len(W.SHAPES), 1 + len(W.COLOR_NAMES), 1 + len(W.COLOR_NAMES))
+def aux_sizes(grid: int) -> tuple[int, ...]:
+    """Number of classes of each per-patch auxiliary target (see :func:`patch_targets`)."""
+    return (1 + len(W.SHAPES), 1 + len(W.COLOR_NAMES), 1 + len(W.COLOR_NAMES), 1 + len(W.SHAPES), grid, grid)
 
 
 def patch_targets(sample, patch: int) -> np.ndarray:
     """Per-patch labels from the scene (training-only auxiliary loss on the vision tower).
 
-    Returns (3, g*g) int64: [shape of the object whose centre is in the patch (0 = none),
-    its colour (0 = none), colour covering most of the patch if >= 20% of it (0 = background)]."""
+    Returns (6, g*g) int64: [shape of the object whose centre is in the patch (0 = none),
+    its colour (0 = none), colour covering most of the patch if >= 20% of it (0 = background),
+    shape of that covering object (0 = background), patch row, patch column]."""
     sc = sample.scene
     g = sc.size // patch
-    out = np.zeros((3, g, g), dtype=np.int64)
+    out = np.zeros((6, g, g), dtype=np.int64)
+    out[4] = np.arange(g)[:, None]
+    out[5] = np.arange(g)[None, :]
     for o in sc.objects:
         x, y = o.center
         out[0, y // patch, x // patch] = 1 + W.SHAPES.index(o.shape)
@@ -47,30 +52,60 @@ def patch_targets(sample, patch: int) -> np.ndarray:
     match = np.all(img[:, :, None, :] == _COLOR_ARR[None, None], axis=-1)  # (H, W, 6)
     frac = match.reshape(g, patch, g, patch, -1).mean(axis=(1, 3))  # (g, g, 6)
     best = frac.argmax(-1)
-    out[2] = np.where(frac.max(-1) >= 0.2, best + 1, 0)
-    return out.reshape(3, g * g)
+    covered = frac.max(-1) >= 0.2
+    out[2] = np.where(covered, best + 1, 0)
+    # shape of the covering object: the object of that colour whose box overlaps the patch most
+    for gy, gx in zip(*np.nonzero(covered)):
+        col = W.COLOR_NAMES[best[gy, gx]]
+        px0, py0, px1, py1 = gx * patch, gy * patch, gx * patch + patch - 1, gy * patch + patch - 1
+        bestov, shp = -1, 0
+        for o in sc.objects:
+            if o.color != col:
+                continue
+            x0, y0, x1, y1 = o.bbox
+            ov = max(0, min(x1, px1) - max(x0, px0) + 1) * max(0, min(y1, py1) - max(y0, py0) + 1)
+            if ov > bestov:
+                bestov, shp = ov, 1 + W.SHAPES.index(o.shape)
+        out[3, gy, gx] = shp
+    return out.reshape(6, g * g)
 
 
 class AuxHead(torch.nn.Module):
     """Linear probe on the last vision layer's patch tokens (discarded after training)."""
 
-    def __init__(self, hidden: int, n_reg: int):
+    def __init__(self, hidden: int, n_reg: int, grid: int):
         super().__init__()
         self.n_skip = 1 + n_reg
-        self.proj = torch.nn.Linear(hidden, sum(N_AUX))
+        self.sizes = aux_sizes(grid)
+        self.proj = torch.nn.Linear(hidden, sum(self.sizes))
         self.feats = None
 
     def hook(self, module, args, output):
         self.feats = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
+    @torch.no_grad()
+    def center_accuracy(self, targets: torch.Tensor) -> tuple[float, float]:
+        """Accuracy of (shape, colour) at object-centre patches (diagnostic)."""
+        logits = self.proj(self.feats[:, self.n_skip :])
+        sel = targets[:, 0] > 0
+        n0, n1 = self.sizes[0], self.sizes[1]
+        sh = (logits[..., :n0].argmax(-1)[sel] == targets[:, 0][sel]).float().mean().item()
+        co = (logits[..., n0 : n0 + n1].argmax(-1)[sel] == targets[:, 1][sel]).float().mean().item()
+        return sh, co
+
     def loss(self, targets: torch.Tensor) -> torch.Tensor:
         logits = self.proj(self.feats[:, self.n_skip :])  # (B, P, sum)
         tot, off = 0.0, 0
-        for k, n in enumerate(N_AUX):
-            tot = tot + torch.nn.functional.cross_entropy(logits[..., off : off + n].flatten(0, 1), targets[:, k].flatten())
+        for k, n in enumerate(self.sizes):
+            w = torch.ones(n)
+            if k < 4:
+                w[0] = 0.1  # "nothing here" is by far the most frequent class
+            tot = tot + torch.nn.functional.cross_entropy(
+                logits[..., off : off + n].flatten(0, 1), targets[:, k].flatten(), weight=w
+            )
             off += n
         self.feats = None
-        return tot / len(N_AUX)
+        return tot / len(self.sizes)
 
 
 # --------------------------------------------------------------------------- batching
@@ -260,19 +295,22 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-per-type", type=int, default=200, help="final held-out eval: samples per qtype")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop early (and still eval/save) after this")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of saved weights")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="auxiliary per-patch loss on the vision tower")
+    ap.add_argument("--vision-steps", type=int, default=700, help="phase 1: vision tower + aux head only")
+    ap.add_argument("--vision-batch", type=int, default=64)
+    ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--aux-until", type=float, default=1.0, help="fraction of training with the aux loss")
-    ap.add_argument("--turns", type=int, default=4, help="questions per training image (multi-turn sequences)")
+    ap.add_argument("--turns", type=int, default=6, help="questions per training image (multi-turn sequences)")
     ap.add_argument("--curriculum", type=float, default=0.0, help="fraction of steps ramping max objects 2 -> 6")
     ap.add_argument("--qtype-weights", default="", help="e.g. count=2,position=1.5")
     for f in fields(B.ToyArch):
@@ -300,7 +338,7 @@ def main(argv=None):
 
     aux = None
     if args.aux_weight > 0:
-        aux = AuxHead(arch.vision_hidden, arch.num_register_tokens)
+        aux = AuxHead(arch.vision_hidden, arch.num_register_tokens, arch.image_size // arch.patch_size)
         model.model.vision_tower.encoder.register_forward_hook(aux.hook)
     decay, no_decay = [], []
     named = list(model.named_parameters()) + ([("aux." + n, p) for n, p in aux.named_parameters()] if aux else [])
@@ -314,6 +352,42 @@ def main(argv=None):
     )
     model.train()
     t0 = time.time()
+    if args.vision_steps:
+        assert aux is not None, "--vision-steps needs the aux loss"
+        vt = model.model.vision_tower
+        vparams = list(vt.parameters()) + list(aux.parameters())
+        vopt = torch.optim.AdamW(vparams, lr=args.vision_lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+        vstream = TrainStream(args.seed + 7919)
+        vema = None
+        probe = [s for s in heldout_set(40, seed=2)]
+        probe_t = torch.from_numpy(np.stack([patch_targets(s, arch.patch_size) for s in probe]))
+        probe_pix = B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in probe]))
+        for vstep in range(args.vision_steps):
+            lr = lr_at(vstep, args.vision_steps, args.vision_lr, min(200, args.vision_steps // 10 + 1), 0.1)
+            for g in vopt.param_groups:
+                g["lr"] = lr
+            smp = vstream.next(args.vision_batch)
+            pix = B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in smp]))
+            tgt = torch.from_numpy(np.stack([patch_targets(s, arch.patch_size) for s in smp]))
+            vt(pix)
+            l = aux.loss(tgt)
+            vopt.zero_grad(set_to_none=True)
+            l.backward()
+            torch.nn.utils.clip_grad_norm_(vparams, args.clip)
+            vopt.step()
+            vema = l.item() if vema is None else 0.98 * vema + 0.02 * l.item()
+            if (vstep + 1) % args.log_every == 0:
+                with torch.no_grad():
+                    vt(probe_pix)
+                    sh, co = aux.center_accuracy(probe_t)
+                    aux.feats = None
+                print(
+                    f"vision {vstep+1}/{args.vision_steps} aux {vema:.4f} centre-shape {sh:.3f} centre-colour {co:.3f} "
+                    f"{(time.time()-t0)/60:.1f}min",
+                    flush=True,
+                )
+        del vopt
+    t_vision = time.time() - t0
     ema = aema = None
     step = 0
     history = []
@@ -373,7 +447,8 @@ def main(argv=None):
         "threads": args.threads,
         "steps": steps_done,
         "batch_size": args.batch,
-        "samples_seen": steps_done * args.batch,
+        "images_seen": steps_done * args.batch + args.vision_steps * args.vision_batch,
+        "qa_turns_per_image": args.turns,
         "lr": args.lr,
         "warmup": args.warmup,
         "weight_decay": args.weight_decay,
@@ -382,6 +457,9 @@ def main(argv=None):
         "curriculum": args.curriculum,
         "turns": args.turns,
         "train_wall_time_s": round(train_time, 1),
+        "vision_phase_steps": args.vision_steps,
+        "vision_phase_batch": args.vision_batch,
+        "vision_phase_wall_time_s": round(t_vision, 1),
         "torch": torch.__version__,
         "arch": arch.to_dict(),
         "n_params": n_params,

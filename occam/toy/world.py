@@ -45,7 +45,7 @@ COLORS = {
     "orange": (250, 135, 10),
 }
 COLOR_NAMES = tuple(COLORS)
-SIZES = {"small": 6, "large": 11}  # half-extent (radius) in pixels
+SIZES = {"small": 7, "large": 12}  # half-extent (radius) in pixels
 BACKGROUNDS = ("plain", "gradient", "noise", "texture")
 QTYPES = ("color", "count", "exist", "position", "shape")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
