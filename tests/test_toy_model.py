@@ -4,12 +4,9 @@ Nothing here is skipped: a missing or broken checkpoint makes these tests FAIL.
 """
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import pytest
