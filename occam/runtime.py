@@ -331,7 +331,10 @@ def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, confi
     """alpha / beta giving a target AVERAGE retention over ``samples`` (METHOD.md section 4).
 
     Bisection on log(alpha) with Stage II off (target sqrt(t) when both stages are on, t otherwise),
-    then on log(beta) with that alpha. Returns ``config`` with the found alpha and beta.
+    then on log(beta) with that alpha. A stage's scores do not depend on its own threshold, so each
+    sample is run once per stage and the bisection works on its traced scores; one more pass checks
+    the result, and only if it disagrees (NeXT row-end tokens, scores at a rounding edge) does the
+    bisection fall back to full runs (``iters`` steps). Returns ``config`` with the found alpha and beta.
     """
     cfg = OccamConfig(method="occam") if config is None else config
     if cfg.method != "occam":
@@ -342,21 +345,35 @@ def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, confi
     if not samples:
         raise ValueError("calibrate() needs at least one (image, question) sample.")
 
-    def mean_retention(c: OccamConfig) -> float:
-        return sum(vlm.generate(img, q, c, max_new_tokens=0).trace.counts["retention"]
-                   for img, q in samples) / len(samples)
+    def traces(c: OccamConfig) -> list[Trace]:
+        return [vlm.generate(img, q, c, max_new_tokens=0).trace for img, q in samples]
 
-    def solve(field: str, base: OccamConfig, goal: float) -> OccamConfig:
+    def mean_retention(ts: list[Trace]) -> float:
+        return sum(t.counts["retention"] for t in ts) / len(ts)
+
+    def bisect(retention_at, goal: float, steps: int) -> float:
         lo, hi = math.log(1e-4), math.log(1e4)   # retention falls as the threshold rises
-        best = base
-        for _ in range(iters):
+        best, err = 0.0, math.inf
+        for _ in range(steps):
             mid = (lo + hi) / 2
-            best = base.replace(**{field: math.exp(mid)})
-            r = mean_retention(best)
-            if abs(r - goal) <= tol:
+            r = retention_at(math.exp(mid))
+            if abs(r - goal) < err:
+                best, err = mid, abs(r - goal)
+            if err <= tol:
                 break
             lo, hi = (mid, hi) if r > goal else (lo, mid)
-        return best
+        return math.exp(best)
+
+    def solve(field: str, base: OccamConfig, goal: float) -> OccamConfig:
+        stage = "stage1" if field == "alpha" else "stage2"
+        seen = traces(base)
+        predicted = lambda t: sum(_retention_at(tr, stage, t, base) for tr in seen) / len(seen)  # noqa: E731
+        found = base.replace(**{field: bisect(predicted, goal, 60)})
+        r = mean_retention(traces(found))
+        if abs(r - goal) <= tol or abs(r - predicted(getattr(found, field))) < 1e-9:
+            return found
+        return base.replace(**{field: bisect(lambda t: mean_retention(traces(base.replace(**{field: t}))),
+                                             goal, iters)})
 
     use_stage2 = cfg.stage2
     if cfg.stage1:
@@ -365,3 +382,15 @@ def calibrate(vlm: VLM, samples: Iterable[tuple[Any, str]], target: float, confi
     if use_stage2:
         cfg = solve("beta", cfg, target)
     return cfg
+
+
+def _retention_at(trace: Trace, stage: str, threshold: float, cfg: OccamConfig) -> float:
+    """Retention the traced run would have had with ``threshold`` for ``stage`` (same selection rule)."""
+    st = next(s for s in trace.stages if s.name == stage)
+    n = trace.num_visual
+    scores = torch.tensor([math.nan if v is None else v for v in st.scores])
+    cand, regs = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    cand[st.candidates], regs[st.registers] = True, True
+    keep, _ = keep_by_threshold(scores, cand, regs, threshold, cfg.keep_registers, cfg.min_tokens, cfg.max_tokens)
+    other = sum(k for j, k in enumerate(st.kept) if not (cand[j] or regs[j]))  # NeXT row-end tokens (stage I)
+    return (int(keep.sum()) + other) / n

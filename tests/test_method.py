@@ -184,3 +184,31 @@ def test_calibrate_reaches_the_target_average_retention():
         assert abs(got - 0.3) <= 0.05, (base, cfg.alpha, cfg.beta, got)
     with pytest.raises(ValueError, match="target"):
         vlm.calibrate(samples, target=0)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_calibration_predicts_retention_from_one_traced_run(name):
+    """calibrate() bisects on traced scores: a stage's retention at any threshold, predicted from one run,
+    equals what a run with that threshold keeps; so a calibration costs a few runs per sample."""
+    from occam.runtime import _retention_at
+
+    model, processor = archs.build(name)
+    vlm = occam.load(model=model, processor=processor)
+    img = Image.fromarray((np.random.RandomState(3).rand(48, 64, 3) * 255).astype(np.uint8))
+    for field, stage, base in (("alpha", "stage1", OccamConfig(stage2=False)),
+                               ("beta", "stage2", OccamConfig(alpha=0.8, stage2_layer=1))):
+        seen = vlm.generate(img, "what is it", base, max_new_tokens=0).trace
+        scores = [v for v in next(s for s in seen.stages if s.name == stage).scores if v is not None]
+        got = set()
+        u = np.unique(scores)   # thresholds half-way between traced scores (traces round to 6 digits)
+        for t in ((u[:-1] + u[1:]) / 2)[np.linspace(0, len(u) - 2, 5).astype(int)].tolist():
+            run = vlm.generate(img, "what is it", base.replace(**{field: t}), max_new_tokens=0).trace
+            assert _retention_at(seen, stage, t, base) == run.counts["retention"], (field, t)
+            got.add(run.counts["retention"])
+        assert len(got) >= 4, got   # the thresholds really cut at different places
+
+    calls = []
+    original = vlm.generate
+    vlm.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+    vlm.calibrate([(img, "what is it"), (img, "what is this")], target=0.3, config=OccamConfig(stage2_layer=1))
+    assert len(calls) <= 8, len(calls)   # 2 samples x 2 stages x (trace + check)

@@ -118,17 +118,12 @@ def heldout_accuracy(toy):
     return overall, acc
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 is open: the shipped checkpoint answers 84% of these questions "
-                   "(relative position at chance); the target is >= 90%. Strict: passes -> remove this mark.")
-def test_heldout_accuracy_meets_issue_target(heldout_accuracy):
+def test_heldout_accuracy_meets_target(heldout_accuracy):
+    """Issue 3: at least 90% on 200 fixed held-out questions (40 per type here, so the per-type floor
+    is a little looser than the training report's 90% on 200 per type)."""
     overall, acc = heldout_accuracy
     assert overall >= 0.90, (overall, acc)
-
-
-def test_heldout_accuracy_no_regression(heldout_accuracy):
-    """Guards the shipped checkpoint (measured 0.84 here) against a broken retrain or loader."""
-    overall, acc = heldout_accuracy
-    assert overall >= 0.80 and acc["color"] >= 0.95, (overall, acc)
+    assert min(acc.values()) >= 0.85, acc
 
 
 def test_generation_ends_with_eos_and_batching_consistent(toy):

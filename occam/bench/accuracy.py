@@ -37,8 +37,8 @@ ALL_METHODS = tuple(ADAPTIVE) + FIXED
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m occam.bench accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="toy", help="the toy model (default) or a folder of a model trained on the world")
-    p.add_argument("--n", type=int, default=300, help="held-out samples (seeded)")
-    p.add_argument("--calib", type=int, default=48, help="calibration samples (train split) for the adaptive methods")
+    p.add_argument("--n", type=int, default=500, help="held-out samples (seeded)")
+    p.add_argument("--calib", type=int, default=200, help="calibration samples (train split) for the adaptive methods")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retentions", type=float, nargs="+", default=[0.5, 0.25, 0.11, 0.05])
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)

@@ -192,6 +192,10 @@ class TrainStream:
         self.seed = seed
         self.i = 0
         self.qtypes = list(W.QTYPES)
+        self.set_weights(qtype_weights)
+
+    def set_weights(self, qtype_weights: dict[str, float] | None):
+        """Relative frequency of each question type (missing types weigh 1)."""
         w = np.array([(qtype_weights or {}).get(q, 1.0) for q in self.qtypes], dtype=np.float64)
         self.p = w / w.sum()
 
@@ -289,6 +293,17 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def parse_weights(text: str) -> dict[str, float]:
+    """"position=6,count=2" -> {"position": 6.0, "count": 2.0} (question types are checked)."""
+    out = {}
+    for kv in filter(None, text.split(",")):
+        k, v = kv.split("=")
+        if k.strip() not in W.QTYPES:
+            raise ValueError(f"unknown question type {k!r}; expected one of {W.QTYPES}")
+        out[k.strip()] = float(v)
+    return out
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/toy")
@@ -312,7 +327,10 @@ def parse_args(argv=None):
     ap.add_argument("--aux-until", type=float, default=1.0, help="fraction of training with the aux loss")
     ap.add_argument("--turns", type=int, default=6, help="questions per training image (multi-turn sequences)")
     ap.add_argument("--curriculum", type=float, default=0.0, help="fraction of steps ramping max objects 2 -> 6")
+    ap.add_argument("--init-from", default="", help="continue from a saved checkpoint dir (stage 2)")
     ap.add_argument("--qtype-weights", default="", help="e.g. count=2,position=1.5")
+    ap.add_argument("--late-qtype-weights", default="", help="question mix from --late-from on, e.g. position=6")
+    ap.add_argument("--late-from", type=float, default=1.0, help="fraction of steps after which the late mix applies")
     for f in fields(B.ToyArch):
         ap.add_argument("--" + f.name.replace("_", "-"), type=int, default=None)
     return ap.parse_args(argv)
@@ -323,16 +341,29 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     arch = B.ToyArch(**{f.name: getattr(args, f.name) for f in fields(B.ToyArch) if getattr(args, f.name) is not None})
-    model, processor = B.build(arch, seed=args.seed)
+    prev_report = None
+    if args.init_from:
+        # continue training a saved checkpoint (second stage); architecture comes from its report
+        from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+        with open(os.path.join(args.init_from, "train_report.json")) as f:
+            prev_report = json.load(f)
+        arch = B.ToyArch(**{f.name: prev_report["arch"][f.name] for f in fields(B.ToyArch)})
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+        processor = B.build_processor(arch)  # the same files as a fresh build (the vocabulary is fixed)
+        saved = LlavaProcessor.from_pretrained(args.init_from).tokenizer.get_vocab()
+        if saved != processor.tokenizer.get_vocab():
+            raise SystemExit(f"{args.init_from}: its vocabulary differs from this world's; train from scratch.")
+        B.check_consistency(model, processor)
+        args.vision_steps = 0
+    else:
+        model, processor = B.build(arch, seed=args.seed)
     enc = Encoder(processor)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"arch {arch.to_dict()}  params {n_params/1e6:.2f}M  visual tokens {arch.num_visual_tokens}", flush=True)
 
-    qw = {}
-    if args.qtype_weights:
-        for kv in args.qtype_weights.split(","):
-            k, v = kv.split("=")
-            qw[k.strip()] = float(v)
+    qw, late_qw = parse_weights(args.qtype_weights), parse_weights(args.late_qtype_weights)
+    late_step = int(args.late_from * args.steps) if late_qw else None
     stream = TrainStream(args.seed, qw)
     val = heldout_set(60, seed=1)  # progress monitor (disjoint from the final report set: heldout seed 0)
 
@@ -392,6 +423,9 @@ def main(argv=None):
     step = 0
     history = []
     for step in range(args.steps):
+        if step == late_step:
+            stream.set_weights(late_qw)
+            print(f"step {step}: question mix now {late_qw}", flush=True)
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -474,6 +508,17 @@ def main(argv=None):
         "heldout_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "history": history,
     }
+    if prev_report is not None:
+        report["init_from"] = args.init_from
+        report["previous_stage"] = {k: v for k, v in prev_report.items() if k != "history"}
+        report["total_train_wall_time_s"] = round(
+            prev_report.get("total_train_wall_time_s", prev_report["train_wall_time_s"]) + train_time, 1
+        )
+    else:
+        report["total_train_wall_time_s"] = round(train_time, 1)
+    report["qtype_weights"] = qw
+    if late_qw:
+        report["late_qtype_weights"] = {"from_step": late_step, "weights": late_qw}
     with open(os.path.join(args.out, "train_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(f"saved to {args.out} ({size/1e6:.1f} MB)", flush=True)
