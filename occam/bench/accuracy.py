@@ -150,7 +150,9 @@ def plot(rep: dict, path: Path, size=(900, 560)) -> None:
             d.text((X(v) - 12, h - bottom + 8), f"{v:g}", fill="black")
     d.text(((w - right + left) / 2 - 90, h - 28), "average retention (log scale)", fill="black")
     d.text((8, top - 22), "accuracy on the held-out questions", fill="black")
-    d.line([left, Y(rep["full"]["accuracy"]), w - right, Y(rep["full"]["accuracy"])], fill="gray", width=1)
+    full_y = Y(rep["full"]["accuracy"])
+    for x0 in range(left, w - right, 8):  # the full model: a dashed black line
+        d.line([x0, full_y, min(x0 + 4, w - right), full_y], fill="black", width=1)
     palette = [(214, 39, 40), (255, 127, 14), (188, 189, 34), (148, 103, 189), (31, 119, 180), (44, 160, 44),
                (23, 190, 207), (127, 127, 127), (140, 86, 75)]
     methods = list(dict.fromkeys(r["method"] for r in rep["results"]))
@@ -164,7 +166,10 @@ def plot(rep: dict, path: Path, size=(900, 560)) -> None:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         d.line([w - right + 15, top + 10 + 20 * i, w - right + 40, top + 10 + 20 * i], fill=color, width=3)
         d.text((w - right + 45, top + 4 + 20 * i), m, fill="black")
-    d.text((w - right + 15, top + 14 + 20 * len(methods)), "gray: full model", fill="gray")
+    y = top + 10 + 20 * len(methods)
+    for x0 in (w - right + 15, w - right + 24, w - right + 33):
+        d.line([x0, y, x0 + 5, y], fill="black", width=1)
+    d.text((w - right + 45, y - 6), f"full model {rep['full']['accuracy']:.3f}", fill="black")
     img.save(path)
 
 
