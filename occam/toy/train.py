@@ -70,6 +70,16 @@ def patch_targets(sample, patch: int) -> np.ndarray:
     return out.reshape(6, g * g)
 
 
+def pixels(samples) -> torch.Tensor:
+    """The model's pixel_values for a list of samples (same result as the processor)."""
+    return B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in samples]))
+
+
+def aux_targets(samples, patch: int) -> torch.Tensor:
+    """(B, 6, g*g) per-patch labels of :func:`patch_targets` for a list of samples."""
+    return torch.from_numpy(np.stack([patch_targets(s, patch) for s in samples]))
+
+
 class AuxHead(torch.nn.Module):
     """Linear probe on the last vision layer's patch tokens (discarded after training)."""
 
@@ -178,10 +188,10 @@ def collate(samples, enc: Encoder, with_answer: bool = True, patch: int | None =
         if with_answer:
             lab[i, L - len(x) :] = torch.tensor(labels[i])
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    pix = B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in samples]))
-    out = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "pixel_values": pix, "labels": lab}
+    out = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "pixel_values": pixels(samples),
+           "labels": lab}
     if patch:
-        out["aux_targets"] = torch.from_numpy(np.stack([patch_targets(s, patch) for s in samples]))
+        out["aux_targets"] = aux_targets(samples, patch)
     return out
 
 
@@ -390,18 +400,15 @@ def main(argv=None):
         vopt = torch.optim.AdamW(vparams, lr=args.vision_lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
         vstream = TrainStream(args.seed + 7919)
         vema = None
-        probe = [s for s in heldout_set(40, seed=2)]
-        probe_t = torch.from_numpy(np.stack([patch_targets(s, arch.patch_size) for s in probe]))
-        probe_pix = B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in probe]))
+        probe = heldout_set(40, seed=2)
+        probe_t, probe_pix = aux_targets(probe, arch.patch_size), pixels(probe)
         for vstep in range(args.vision_steps):
             lr = lr_at(vstep, args.vision_steps, args.vision_lr, min(200, args.vision_steps // 10 + 1), 0.1)
             for g in vopt.param_groups:
                 g["lr"] = lr
             smp = vstream.next(args.vision_batch)
-            pix = B.pixel_values_from_uint8(np.stack([np.array(s.image) for s in smp]))
-            tgt = torch.from_numpy(np.stack([patch_targets(s, arch.patch_size) for s in smp]))
-            vt(pix)
-            l = aux.loss(tgt)
+            vt(pixels(smp))
+            l = aux.loss(aux_targets(smp, arch.patch_size))
             vopt.zero_grad(set_to_none=True)
             l.backward()
             torch.nn.utils.clip_grad_norm_(vparams, args.clip)
@@ -508,14 +515,12 @@ def main(argv=None):
         "heldout_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "history": history,
     }
+    prev_time = 0.0
     if prev_report is not None:
         report["init_from"] = args.init_from
         report["previous_stage"] = {k: v for k, v in prev_report.items() if k != "history"}
-        report["total_train_wall_time_s"] = round(
-            prev_report.get("total_train_wall_time_s", prev_report["train_wall_time_s"]) + train_time, 1
-        )
-    else:
-        report["total_train_wall_time_s"] = round(train_time, 1)
+        prev_time = prev_report.get("total_train_wall_time_s", prev_report["train_wall_time_s"])
+    report["total_train_wall_time_s"] = round(prev_time + train_time, 1)
     report["qtype_weights"] = qw
     if late_qw:
         report["late_qtype_weights"] = {"from_step": late_step, "weights": late_qw}
