@@ -7,9 +7,11 @@
 """
 from __future__ import annotations
 
+from .calibration import calibrate
 from .config import METHODS, OccamConfig
-from .runtime import VLM, Result, calibrate
+from .engine import Result
 from .trace import StageTrace, Trace
+from .vlm import VLM
 
 __all__ = ["load", "OccamConfig", "METHODS", "VLM", "Result", "Trace", "StageTrace", "calibrate"]
 

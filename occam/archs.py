@@ -10,8 +10,9 @@ returns ``(model, processor)`` for a name in :data:`ARCH_NAMES`:
 * tiny test variants of the same classes: ``"tiny-llava"``, ``"tiny-llava-next"``,
   ``"tiny-qwen2.5-vl"``, ``"tiny-qwen3-vl"``.
 
-``text_layers`` keeps only the first N decoder layers.  ``device="meta"`` builds the model on the
-meta device (no memory, no weights) -- the only sensible way to instantiate a full 7B on a laptop.
+``text_layers`` keeps only the first N decoder layers.  The model is created directly on ``device``
+(a real-shape 7B builds on a GPU in about a second; on the CPU first and then moved, it takes minutes);
+``device="meta"`` allocates nothing -- the only sensible way to instantiate a full 7B on a laptop.
 
 The processors carry an offline byte-level BPE tokenizer (every byte is a token, no merges) whose
 special tokens sit at the same ids as in the real checkpoints (``<image>`` = 32000 for LLaVA;
@@ -28,7 +29,8 @@ from typing import Any
 
 import torch
 
-from .loading import QwenVLProcessor, model_class_for
+from .models import FAMILIES, model_class_for
+from .models.processors import QwenVLProcessor
 
 __all__ = [
     "ARCH_NAMES",
@@ -188,12 +190,6 @@ def _qwen_tokenizer(first_special_id: int, chat_template: str, max_len: int):
 # specs
 # ------------------------------------------------------------------------------------------------
 
-HUB_IDS = {
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-next-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
-    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
-}
 
 _CLIP_L_336 = {
     "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
@@ -419,6 +415,8 @@ _SPECS.update({
 REAL_ARCH_NAMES: tuple[str, ...] = ("llava-1.5-7b", "llava-next-7b", "qwen2.5-vl-7b", "qwen3-vl-8b")
 TINY_ARCH_NAMES: tuple[str, ...] = ("tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl")
 ARCH_NAMES: tuple[str, ...] = REAL_ARCH_NAMES + TINY_ARCH_NAMES
+#: real architecture name -> the published checkpoint whose config it copies (from the family registry)
+HUB_IDS: dict[str, str] = {name: FAMILIES[_SPECS[name].family].hub_id for name in REAL_ARCH_NAMES}
 
 
 def _spec(name: str) -> _Spec:
@@ -491,8 +489,8 @@ def build(name: str, *, text_layers: int | None = None, dtype=torch.float32, see
           attn_implementation: str | None = None):
     """Build ``(model, processor)`` for ``name`` with seeded random weights, in ``dtype``, eval mode.
 
-    ``device="meta"`` creates the model on the meta device (no memory is allocated, nothing is
-    initialised); any other ``device`` moves the materialised model there.
+    The weights are created on ``device`` (default: the CPU); ``"meta"`` allocates nothing and
+    initialises nothing.
     """
     config = config_for(name, text_layers=text_layers)
     if attn_implementation is not None:
@@ -500,15 +498,15 @@ def build(name: str, *, text_layers: int | None = None, dtype=torch.float32, see
     cls = model_class_for(config.model_type)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if device is not None and torch.device(device).type == "meta":
+    target = torch.device("cpu" if device is None else device)
+    if target.type == "meta":
         with torch.device("meta"):
             model = cls._from_config(config, dtype=dtype)
     else:
-        with torch.random.fork_rng(devices=[]):
+        accel = [] if target.type == "cpu" else [target.index or 0]
+        with torch.random.fork_rng(devices=accel, device_type=target.type if accel else "cuda"), target:
             torch.manual_seed(seed)
             model = cls._from_config(config, dtype=dtype)
-        if device is not None:
-            model = model.to(device)
     model.eval()
     processor = processor_for(name)
     gen = getattr(model, "generation_config", None)

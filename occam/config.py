@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 METHODS = ("none", "occam", "topk", "fastv", "visionzip", "random")
 REFERENCES = ("register", "mean")
+KEEP_REGISTERS = ("explicit", "all", "none")
 
 
 def _fail(name: str, value, accepted: str) -> None:
@@ -36,10 +37,11 @@ class OccamConfig:
     stage2: bool = True
     stage2_layer: int | None = None  # K; None -> round(0.34 * num_layers)
     reference: str = "register"      # "register" or "mean" (ablation)
-    keep_registers: bool = True
+    keep_registers: str = "explicit"  # kept by force: "explicit" registers, "all" (+ emergent, sinks), "none"
     min_tokens: int | None = None    # floor on kept visual tokens (per stage), keeps the best s_j
     max_tokens: int | None = None    # cap on kept visual tokens (per stage)
     retention: float = 0.5           # budget of fixed-budget methods (topk, fastv, visionzip, random)
+    stage_split: float = 0.5         # a budget t is split t^s (Stage I), the rest by Stage II (ours)
     fastv_layer: int = 2
     visionzip_contextual: float = 0.16  # share of the visionzip budget spent on merged tokens
     kappa: float = 4.0               # emergent register: norm >= kappa * median norm (ours)
@@ -53,6 +55,11 @@ class OccamConfig:
             _fail("method", self.method, "one of " + ", ".join(METHODS))
         if self.reference not in REFERENCES:
             _fail("reference", self.reference, "'register' or 'mean'")
+        if self.keep_registers not in KEEP_REGISTERS:
+            _fail("keep_registers", self.keep_registers, "'explicit', 'all' or 'none'")
+        s = self.stage_split
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+            _fail("stage_split", s, "a number in [0, 1]")
         for name in ("alpha", "beta", "kappa", "sink_kappa"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -80,6 +87,15 @@ class OccamConfig:
     @property
     def uses_stage2(self) -> bool:
         return self.method in ("occam", "topk") and self.stage2 or self.method == "fastv"
+
+    @property
+    def uses_vision_stats(self) -> bool:
+        """Whether the run needs the scored vision layer's statistics (Stage II also reads its registers)."""
+        return self.method in ("occam", "topk", "visionzip")
+
+    def stage1_share(self, target: float) -> float:
+        """The retention Stage I aims at for an overall target: target ** stage_split with both stages on."""
+        return target ** self.stage_split if self.method in ("occam", "topk") and self.stage2 else target
 
     def decoder_layer(self, num_layers: int) -> int:
         """The decoder layer K where Stage II (or FastV) prunes, validated against the model depth."""

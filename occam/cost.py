@@ -27,6 +27,20 @@ def prefill_flops(cfg, lengths: list[int]) -> int:
     return sum(2 * n * p + 2 * n * n * heads * hd for n in lengths) + 2 * d * vocab
 
 
+def prefill_roofline_s(cfg, lengths: list[int], bytes_per_weight: int, peak_flops: float,
+                       bandwidth: float) -> float:
+    """A lower bound on the prefill time: per layer, max(FLOPs / peak, weight bytes / memory bandwidth).
+
+    Once few tokens are left a layer is bound by streaming its weights, not by its FLOPs; this is the
+    honest limit of a speed-up there. KV-cache and activation traffic are ignored (small at prefill).
+    """
+    d, heads, _, hd, _, vocab = _text_dims(cfg)
+    p = layer_matmul_params(cfg)
+    layer_bytes = p * bytes_per_weight / bandwidth
+    head = max(2 * d * vocab / peak_flops, d * vocab * bytes_per_weight / bandwidth)
+    return sum(max((2 * n * p + 2 * n * n * heads * hd) / peak_flops, layer_bytes) for n in lengths) + head
+
+
 def kv_cache_bytes(cache) -> int:
     """Bytes held by the keys and values of a transformers Cache (every layer)."""
     total = 0

@@ -11,27 +11,46 @@ from dataclasses import dataclass
 import torch
 
 
+ONE_SHOT_ELEMENTS = 1 << 24   # score all query rows at once while heads x rows x keys stays below this
+
+
+def _softmax_chunks(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int,
+                    row_positions: torch.Tensor | None):
+    """softmax(q k^T * scale) for slices of the query rows: yields (H, r, S) float32 blocks in order.
+
+    One block when heads x rows x keys <= ONE_SHOT_ELEMENTS, else blocks of at least ``chunk`` rows, so
+    memory is O(H x chunk x S), never R x S per head. No host synchronisation inside.
+    """
+    heads, rows, length = k.shape[0], q.shape[1], k.shape[1]
+    step = max(chunk, ONE_SHOT_ELEMENTS // max(1, heads * length))
+    kf = k.float()
+    keys = torch.arange(length, device=k.device)
+    for start in range(0, rows, step):
+        logits = torch.einsum("hrd,hsd->hrs", q[:, start:start + step].float(), kf) * scale
+        if row_positions is not None:
+            pos = row_positions[start:start + step].to(k.device)
+            logits.masked_fill_(keys[None, None, :] > pos[None, :, None], float("-inf"))
+        yield logits.softmax(dim=-1)
+
+
 def attention_colmean(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 256,
                       row_positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over heads and query rows of softmax(q k^T * scale): shape (S,).
 
     q: (H, R, d) only the query rows wanted, k: (H, S, d) keys (GQA groups already expanded).
     With ``row_positions`` (R,), row r is causal: it only sees keys 0..row_positions[r].
-    Rows are processed ``chunk`` at a time, so memory is O(H x chunk x S), never R x S per head.
     """
-    heads, rows, length = k.shape[0], q.shape[1], k.shape[1]
-    total = torch.zeros(length, dtype=torch.float32, device=k.device)
-    if rows == 0:
-        return total
-    kf = k.float()
-    keys = torch.arange(length, device=k.device)
-    for start in range(0, rows, chunk):
-        logits = torch.einsum("hrd,hsd->hrs", q[:, start:start + chunk].float(), kf) * scale
-        if row_positions is not None:
-            pos = row_positions[start:start + chunk].to(k.device)
-            logits.masked_fill_(keys[None, None, :] > pos[None, :, None], float("-inf"))
-        total += logits.softmax(dim=-1).sum(dim=(0, 1))
-    return total / (heads * rows)
+    total = torch.zeros(k.shape[1], dtype=torch.float32, device=k.device)
+    for probs in _softmax_chunks(q, k, scale, chunk, row_positions):
+        total += probs.sum(dim=(0, 1))
+    return total / max(1, k.shape[0] * q.shape[1])
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 256,
+                   row_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per query row, the head-averaged softmax(q k^T * scale): shape (R, S). For few rows (Stage II)."""
+    blocks = [probs.mean(dim=0) for probs in _softmax_chunks(q, k, scale, chunk, row_positions)]
+    return torch.cat(blocks) if blocks else torch.zeros(0, k.shape[1], device=k.device)
 
 
 @dataclass(frozen=True)
@@ -70,16 +89,14 @@ def _rank(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     return idx[order]
 
 
-def keep_by_threshold(scores: torch.Tensor, candidates: torch.Tensor, registers: torch.Tensor,
-                      threshold: float, keep_registers: bool = True, min_tokens: int | None = None,
+def keep_by_threshold(scores: torch.Tensor, candidates: torch.Tensor, forced: torch.Tensor,
+                      threshold: float, min_tokens: int | None = None,
                       max_tokens: int | None = None) -> tuple[torch.Tensor, str | None]:
-    """Keep candidate j iff s_j >= threshold; registers kept when asked; rails on the total count.
+    """Keep candidate j iff s_j >= threshold, and every ``forced`` token; rails on the total count.
 
     Returns (keep mask, rail) where rail is "min" or "max" when a floor or cap changed the result.
     """
-    keep = candidates & (torch.nan_to_num(scores, nan=-math.inf) >= threshold)
-    forced = registers if keep_registers else torch.zeros_like(registers)
-    keep = keep | forced
+    keep = candidates & (torch.nan_to_num(scores, nan=-math.inf) >= threshold) | forced
     rail = None
     n = int(keep.sum())
     if max_tokens is not None and n > max_tokens:
@@ -110,7 +127,7 @@ def budget(n: int, retention: float) -> int:
 
 def random_keep(n: int, count: int, seed: int) -> torch.Tensor:
     """``count`` of n tokens uniformly at random, reproducible by seed (own generator, no global RNG)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     keep = torch.zeros(n, dtype=torch.bool)
     keep[torch.randperm(n, generator=gen)[:count]] = True
     return keep

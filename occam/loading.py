@@ -1,58 +1,29 @@
 """Loading the four supported VLM families (offline-friendly, PIL image processors only).
 
-Public API
-----------
-``load_model_and_processor(name_or_path, *, dtype=None, device=None) -> (model, processor)``
-
-``name_or_path`` may be
+``load_model_and_processor(name_or_path, *, dtype=None, device=None) -> (model, processor)``, where
+``name_or_path`` is
 
 * ``"toy"``: the small model shipped with the repository in ``<repo>/assets/toy``;
-* a name from :data:`occam.archs.ARCH_NAMES` (random weights, built offline);
+* a name from :data:`occam.archs.ARCH_NAMES` (random weights, built offline, on ``device``);
 * a local folder written by ``save_pretrained`` (model + processor files);
 * a Hugging Face Hub id (downloaded through the usual cache when a network exists).
 
-Supported ``config.model_type`` values: see :data:`SUPPORTED_MODEL_TYPES`.
-
-Processors
-----------
-LLaVA / LLaVA-NeXT use the stock ``LlavaProcessor`` / ``LlavaNextProcessor`` with the
-PIL image processors (``CLIPImageProcessorPil`` / ``LlavaNextImageProcessorPil``).
-
-The stock ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` cannot be built without torchvision
-(their ``video_processor`` attribute is type-checked against ``VIDEO_PROCESSOR_MAPPING``, which is a
-dummy when torchvision is missing, even when ``video_processor=None``).  :class:`QwenVLProcessor` is a
-minimal image-only replacement with the same calling convention.  It also returns
-``mm_token_type_ids``, which transformers 5.x needs to compute M-RoPE positions
-(Qwen3-VL raises without it; Qwen2.5-VL silently falls back to 1-D positions).
+The supported families are listed once, in :data:`occam.models.FAMILIES`; their processors are
+built by :mod:`occam.models.processors`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
-__all__ = [
-    "SUPPORTED_MODEL_TYPES",
-    "QwenVLProcessor",
-    "load_model_and_processor",
-    "load_processor",
-    "model_class_for",
-    "toy_path",
-]
+from . import archs
+from .models import model_class_for
+from .models.processors import QwenVLProcessor, load_processor
 
-#: model_type -> (model class name in ``transformers``, human readable family name)
-SUPPORTED_MODEL_TYPES: dict[str, tuple[str, str]] = {
-    "llava": ("LlavaForConditionalGeneration", "LLaVA-1.5"),
-    "llava_next": ("LlavaNextForConditionalGeneration", "LLaVA-NeXT"),
-    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL"),
-    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3-VL"),
-}
-
-_QWEN_PROCESSOR_CLASS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+__all__ = ["QwenVLProcessor", "load_model_and_processor", "load_processor", "model_class_for", "toy_path"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,219 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def toy_path() -> Path:
     """Folder of the repository's shipped toy model (may not exist yet)."""
     return REPO_ROOT / "assets" / "toy"
-
-
-def _unsupported(model_type: Any) -> TypeError:
-    accepted = ", ".join(f"{mt!r} ({SUPPORTED_MODEL_TYPES[mt][1]})" for mt in SUPPORTED_MODEL_TYPES)
-    return TypeError(
-        f"Unsupported model_type {model_type!r}: OccamToken supports exactly four families: {accepted}."
-    )
-
-
-def model_class_for(model_type: str):
-    """The ``*ForConditionalGeneration`` class of a supported ``config.model_type``."""
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise _unsupported(model_type)
-    import transformers
-
-    return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type][0])
-
-
-# ----------------------------------------------------------------------------------------------
-# Qwen image-only processor
-# ----------------------------------------------------------------------------------------------
-
-
-class QwenVLProcessor:
-    """Image-only processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
-
-    Mirrors what ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` do for images: every
-    ``<|image_pad|>`` in the text is expanded into ``grid_t * grid_h * grid_w // merge_size**2``
-    pads (one per merged visual token, in order of the images), and the output holds
-    ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw`` and
-    ``mm_token_type_ids`` (0 = text, 1 = image, 2 = video).
-    """
-
-    image_token = "<|image_pad|>"
-    video_token = "<|video_pad|>"
-    vision_start_token = "<|vision_start|>"
-    vision_end_token = "<|vision_end|>"
-
-    def __init__(self, image_processor, tokenizer, chat_template: str | None = None, processor_class: str = "Qwen2_5_VLProcessor"):
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
-        self.processor_class = processor_class
-        ids = {}
-        for attr in ("image_token", "video_token", "vision_start_token", "vision_end_token"):
-            tok = getattr(self, attr)
-            tid = tokenizer.convert_tokens_to_ids(tok)
-            if tid is None or tid == getattr(tokenizer, "unk_token_id", object()):
-                raise ValueError(f"The tokenizer has no {tok!r} token; it is not a Qwen-VL tokenizer.")
-            ids[attr + "_id"] = int(tid)
-        self.image_token_id = ids["image_token_id"]
-        self.video_token_id = ids["video_token_id"]
-        self.vision_start_token_id = ids["vision_start_token_id"]
-        self.vision_end_token_id = ids["vision_end_token_id"]
-
-    # -- HF-like conveniences -------------------------------------------------------------
-    @property
-    def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"]
-
-    def __repr__(self) -> str:
-        return (
-            f"QwenVLProcessor(as {self.processor_class}, image_processor={type(self.image_processor).__name__}, "
-            f"tokenizer={type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}))"
-        )
-
-    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
-                            chat_template: str | None = None, **kwargs):
-        template = chat_template if chat_template is not None else self.chat_template
-        if template is None:
-            raise ValueError("This processor has no chat template.")
-        return self.tokenizer.apply_chat_template(
-            conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
-            tokenize=tokenize, **kwargs,
-        )
-
-    def num_image_tokens(self, image_grid_thw: torch.Tensor) -> list[int]:
-        merge = int(self.image_processor.merge_size)
-        return [int(n) for n in (torch.as_tensor(image_grid_thw).prod(-1) // merge**2).tolist()]
-
-    def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
-        from transformers.feature_extraction_utils import BatchFeature
-
-        if videos is not None:
-            raise NotImplementedError("QwenVLProcessor handles images only (videos need torchvision).")
-        if text is None:
-            raise ValueError("QwenVLProcessor needs `text` (use the chat template to get a prompt).")
-        texts = [text] if isinstance(text, str) else list(text)
-
-        image_inputs: dict[str, Any] = {}
-        if images is not None:
-            flat = _flatten_images(images)
-            if flat:
-                image_inputs = dict(self.image_processor(images=flat, return_tensors="pt"))
-                counts = self.num_image_tokens(image_inputs["image_grid_thw"])
-                texts = self._expand(texts, counts)
-        elif any(self.image_token in t for t in texts):
-            raise ValueError(f"The text contains {self.image_token!r} but no images were given.")
-
-        text_kwargs = {k: v for k, v in kwargs.items() if k in ("truncation", "max_length", "pad_to_multiple_of", "add_special_tokens", "padding_side")}
-        enc = self.tokenizer(texts, padding=padding, return_tensors=None, **text_kwargs)
-        data: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        data["mm_token_type_ids"] = [
-            [1 if t == self.image_token_id else 2 if t == self.video_token_id else 0 for t in row]
-            for row in enc["input_ids"]
-        ]
-        if return_tensors == "pt":
-            data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
-        elif return_tensors is not None:
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported (use 'pt' or None).")
-        data.update(image_inputs)
-        return BatchFeature(data=data)
-
-    def _expand(self, texts: list[str], counts: list[int]) -> list[str]:
-        out, idx = [], 0
-        for t in texts:
-            parts = t.split(self.image_token)
-            s = parts[0]
-            for p in parts[1:]:
-                if idx >= len(counts):
-                    raise ValueError(f"More {self.image_token!r} placeholders in the text than images ({len(counts)}).")
-                s += self.image_token * counts[idx] + p
-                idx += 1
-            out.append(s)
-        if idx != len(counts):
-            raise ValueError(f"{len(counts)} images were given but the text has {idx} {self.image_token!r} placeholders.")
-        return out
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
-    # -- persistence ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        if self.chat_template is not None:
-            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
-
-    @classmethod
-    def from_pretrained(cls, folder, processor_class: str = "Qwen2_5_VLProcessor", **kwargs) -> "QwenVLProcessor":
-        from transformers import AutoTokenizer
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder, **kwargs)
-        chat_template = _read_chat_template(folder, **kwargs) or getattr(tokenizer, "chat_template", None)
-        return cls(image_processor, tokenizer, chat_template=chat_template, processor_class=processor_class)
-
-
-def _flatten_images(images) -> list:
-    if isinstance(images, (list, tuple)):
-        flat = []
-        for im in images:
-            flat.extend(_flatten_images(im))
-        return flat
-    return [images]
-
-
-def _read_chat_template(folder, **kwargs) -> str | None:
-    """chat_template.jinja, else chat_template.json's "chat_template", else None."""
-    for fname in ("chat_template.jinja", "chat_template.json"):
-        path = _resolve_file(folder, fname, **kwargs)
-        if path is None:
-            continue
-        text = Path(path).read_text(encoding="utf-8")
-        if fname.endswith(".json"):
-            template = json.loads(text).get("chat_template")
-            if isinstance(template, str):
-                return template
-        else:
-            return text
-    return None
-
-
-def _resolve_file(folder, fname: str, **kwargs) -> str | None:
-    if os.path.isdir(folder):
-        p = os.path.join(folder, fname)
-        return p if os.path.isfile(p) else None
-    from transformers.utils import cached_file
-
-    try:
-        return cached_file(folder, fname, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False, **kwargs)
-    except OSError:
-        return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-
-def load_processor(name_or_path, model_type: str | None = None, **kwargs):
-    """Processor for a saved folder / hub id of a supported family, with PIL image processors."""
-    if model_type is None:
-        from transformers import AutoConfig
-
-        model_type = AutoConfig.from_pretrained(name_or_path, **kwargs).model_type
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise _unsupported(model_type)
-    if model_type in _QWEN_PROCESSOR_CLASS:
-        return QwenVLProcessor.from_pretrained(name_or_path, processor_class=_QWEN_PROCESSOR_CLASS[model_type], **kwargs)
-
-    from transformers import LlavaNextProcessor, LlavaProcessor
-
-    cls = LlavaProcessor if model_type == "llava" else LlavaNextProcessor
-    # backend="pil" selects CLIPImageProcessorPil / LlavaNextImageProcessorPil (torchvision-free).
-    return cls.from_pretrained(name_or_path, backend="pil", **kwargs)
 
 
 def _looks_like_local_path(name: str) -> bool:
@@ -289,10 +47,9 @@ def load_model_and_processor(name_or_path: str | os.PathLike, *, dtype=None, dev
 
     dtype: ``torch.dtype`` or its name; ``None`` keeps float32 for the built-in architectures and
     the checkpoint's own dtype (``"auto"``) for folders / hub ids.
-    device: where to put the model (``None`` leaves it on CPU).
+    device: where the model lives (``None``: the CPU). Weights are created or loaded there directly,
+    not on the CPU first (a real-shape 7B builds on a GPU in about a second).
     """
-    from . import archs
-
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     name = os.fspath(name_or_path)
@@ -304,30 +61,21 @@ def load_model_and_processor(name_or_path: str | os.PathLike, *, dtype=None, dev
                 f"The toy model is not available: expected a saved model (config.json, weights, processor files) "
                 f"in {folder}. It is produced by the repository's toy-model training; run that first."
             )
-        model, processor = _load_from_pretrained(str(folder), dtype=dtype)
+        model, processor = _load_from_pretrained(str(folder), dtype=dtype, device=device)
     elif name in archs.ARCH_NAMES:
-        model, processor = archs.build(name, dtype=torch.float32 if dtype in (None, "auto") else dtype)
+        model, processor = archs.build(name, dtype=torch.float32 if dtype in (None, "auto") else dtype, device=device)
     else:
         expanded = os.path.expanduser(name)
         if os.path.isdir(expanded):
-            model, processor = _load_from_pretrained(expanded, dtype=dtype)
+            model, processor = _load_from_pretrained(expanded, dtype=dtype, device=device)
         elif os.path.exists(expanded):
             raise NotADirectoryError(f"{name!r} is a file; expected a model folder written by save_pretrained.")
         elif _looks_like_local_path(name):
             raise FileNotFoundError(f"No model folder at {name!r} (the path does not exist).")
         else:
-            model, processor = _load_from_pretrained(name, dtype=dtype)
-
-    if device is not None:
-        model = model.to(device)
+            model, processor = _load_from_pretrained(name, dtype=dtype, device=device)
     model.eval()
     return model, processor
-
-
-def _arch_names() -> tuple[str, ...]:
-    from . import archs
-
-    return archs.ARCH_NAMES
 
 
 def _hub_endpoint() -> str:
@@ -363,13 +111,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_from_pretrained(name: str, *, dtype=None):
+def _load_from_pretrained(name: str, *, dtype=None, device=None):
     from transformers import AutoConfig
 
     def not_found(err: BaseException | None, why: str) -> OSError:
         msg = (
             f"Could not find {name!r}: it is not a local folder, not 'toy', not one of the built-in "
-            f"architectures ({', '.join(_arch_names())}), and it could not be fetched from the Hugging Face Hub "
+            f"architectures ({', '.join(archs.ARCH_NAMES)}), and it could not be fetched from the Hugging Face Hub "
             f"({why}); nothing can be downloaded here."
         )
         return OSError(msg + (f" Original error: {err}" if err is not None else ""))
@@ -396,6 +144,7 @@ def _load_from_pretrained(name: str, *, dtype=None):
                 raise not_found(err, "no network, or no such repository / no access") from err
     model_type = getattr(config, "model_type", None)
     cls = model_class_for(model_type)  # TypeError for unsupported families
-    model = cls.from_pretrained(name, config=config, dtype="auto" if dtype is None else dtype)
+    placement = {} if device is None else {"device_map": str(device)}  # loaded straight onto the device
+    model = cls.from_pretrained(name, config=config, dtype="auto" if dtype is None else dtype, **placement)
     processor = load_processor(name, model_type=model_type)
     return model, processor

@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass, field
 
 
-def _floats(t) -> list:
-    """Tensor -> list of floats rounded to 6 significant digits, NaN -> None."""
-    out = []
-    for v in t.tolist():
-        out.append(None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(f"{v:.6g}"))
-    return out
+def _floats(t, digits: int = 6) -> list:
+    """Tensor -> (nested) list of floats rounded to ``digits`` significant digits, NaN -> None."""
+    def one(v):
+        if isinstance(v, list):
+            return [one(x) for x in v]
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(f"{v:.{digits}g}")
+    return [one(v) for v in t.tolist()]
 
 
 @dataclass
@@ -36,6 +37,9 @@ class StageTrace:
     rail: str | None = None          # "min" / "max" when a floor or cap decided the count
     register_attention: list | None = None  # per visual token: attention the registers pay to it
     merged_into: list | None = None  # visionzip: per token, the token it was merged into (or None)
+    content_left: int | None = None  # kept tokens that are neither registers nor row-end tokens
+    query_tokens: list[str] | None = None      # stage2 / fastv: the text of each query row
+    query_attention: list | None = None        # per query row, per visual token: its attention at K (None: absent)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Trace:
     flops: dict = field(default_factory=dict)
     kv_cache_bytes: int = 0
     sequence: dict = field(default_factory=dict)     # prefill lengths: before/after pruning, per layer
+    flags: dict = field(default_factory=dict)        # {"no_content": stage} when a stage kept no content token
 
     def stage(self, name: str) -> StageTrace | None:
         return next((s for s in self.stages if s.name == name), None)

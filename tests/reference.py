@@ -42,7 +42,7 @@ def reference_generate(vlm, image, question: str, keep1: torch.Tensor, keep2: to
                        layer_k: int | None = None, steps: int = 4):
     """Greedy tokens and first-step logits of the reference for the given kept sets."""
     ad = vlm.adapter
-    lm = ad.text_model
+    lm = ad.lm
     prep = ad.prepare(image, question)
     vis = ad.encode(prep)
     ids = prep.inputs["input_ids"][0]
@@ -76,7 +76,7 @@ def reference_generate(vlm, image, question: str, keep1: torch.Tensor, keep2: to
             v2 = vmask[seq2]
             upper_ds = [d[vids[seq2][v2]] for d in ds[layer_k:]] if ds and len(ds) > layer_k else None
             h = _run(upper, hk[seq2], P[:, seq2], ad.mrope, v2, upper_ds)
-        logits = ad.lm_head(h[-1:])[0].float()
+        logits = ad.model.lm_head(h[-1:])[0].float()
         first_logits = logits if first_logits is None else first_logits
         tokens.append(int(logits.argmax()))
         if tokens[-1] in ad.eos_token_ids:

@@ -12,6 +12,7 @@ from occam.bench import common, speed
 VARIANT_KEYS = {"label", "method", "target_retention", "config", "counts", "sequence", "flops", "kv_cache_bytes",
                 "kv_cache_bytes_by_hand", "peak_memory_bytes", "timings", "ttft_s", "flops_ideal_prefill_speedup",
                 "measured_prefill_speedup", "measured_over_ideal", "best_prefill_speedup", "best_over_ideal",
+                "roofline_ideal_prefill_speedup", "measured_over_roofline",
                 "ttft_speedup", "scoring_share_of_full_prefill",
                 "vision_delta_share_of_full_prefill", "checks"}
 
@@ -75,11 +76,8 @@ def test_pure_helpers():
     assert common.summarize([None]) is None and common.summarize([4.0])["q1"] == 4.0
     assert common.ratios([2.0, None, 3.0], [1.0, 1.0, 0.0]) == [2.0, None, None]
     assert speed._runs([650, 650, 209, 209, 209]) == "650×2, 209×3"
-    # candidates 0, 2, 3 score 4, 1, 2: two of them pass (+ one forced register = 3 kept)
-    t = common.threshold_for([4.0, None, 1.0, 2.0, 9.0], [0, 2, 3], 1, 3)
-    assert 1.0 < t < 2.0
-    assert common.threshold_for([4.0, 1.0], [0, 1], 0, 5) <= 1.0
-    assert common.threshold_for([4.0, 1.0], [0, 1], 2, 2) > 4.0
+    assert [speed.fastv_layer_at(d, 32, 2) for d in (32, 16, 4, 2)] == [2, 1, 1, 1]
+    assert speed.fastv_layer_at(40, 32, 2) == 2
     cfg = type("C", (), {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64})()
     assert speed.kv_bytes_by_hand(cfg, [10, 3], 4) == 2 * 2 * 16 * 4 * 13
     assert common.fmt_range({"median": 1.0, "min": 0.5, "max": 2.0, "n": 3}) == "1 [0.5–2]"

@@ -60,7 +60,7 @@ def image():
 
 
 def _hand_bytes(vlm, lengths):
-    c = vlm.adapter.text_model.config
+    c = vlm.adapter.lm.config
     kv = c.num_key_value_heads
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return sum(2 * kv * hd * n * 4 for n in lengths)        # K and V, float32

@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import occam
 from occam import archs
-from occam.evidence import budget
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -40,9 +39,10 @@ def load_vlm(model: str, text_layers: int | None = None, dtype: str = "float32",
 
 def truncate_text_layers(vlm: occam.VLM, n: int) -> None:
     """Keep the first ``n`` decoder layers of a loaded model (its config follows)."""
-    lm = vlm.adapter.text_model
+    lm = vlm.adapter.lm
     if not 1 <= n:
         raise ValueError(f"text_layers={n} is invalid: accepted an integer >= 1.")
+    lm.config.occam_full_depth = getattr(lm.config, "occam_full_depth", len(lm.layers))
     lm.layers = lm.layers[:n]
     lm.config.num_hidden_layers = len(lm.layers)
     if getattr(lm.config, "layer_types", None):
@@ -67,48 +67,6 @@ def bench_image(width: int = 640, height: int = 480, seed: int = 0) -> Image.Ima
     img = img.filter(ImageFilter.GaussianBlur(radius=max(1.0, w / 320)))
     noisy = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 8.0, (height, width, 3))
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
-
-
-# -- occam at a given retention ----------------------------------------------------------------------
-def threshold_for(scores: list, candidates: list[int], n_forced: int, count: int) -> float:
-    """A threshold letting exactly ``count - n_forced`` of the candidates' scores pass (>=), if ties allow."""
-    vals = sorted((scores[j] for j in candidates if scores[j] is not None), reverse=True)
-    room = count - n_forced
-    if not vals:
-        return 1.0
-    if room <= 0:
-        return vals[0] * 2.0 + 1e-6
-    if room >= len(vals):
-        return max(vals[-1] / 2.0, 1e-12)
-    lo, hi = vals[room], vals[room - 1]
-    return math.sqrt(lo * hi) if lo > 0 else hi / 2.0
-
-
-def match_occam(vlm: occam.VLM, image, question: str, target: float, base: occam.OccamConfig | None = None,
-                how: str = "quantile") -> occam.OccamConfig:
-    """alpha / beta giving ``target`` retention on this (image, question).
-
-    "quantile" (2 runs): alpha lets budget(N, sqrt(target)) tokens through Stage I (the same split as
-    topk), beta then keeps budget(N, target) after Stage II -- read off the traced scores.
-    "bisect": ``vlm.calibrate`` (bisection, up to ~50 runs).
-    """
-    cfg = occam.OccamConfig(method="occam") if base is None else base.replace(method="occam")
-    if how == "bisect":
-        return vlm.calibrate([(image, question)], target, cfg, tol=0.002)
-    if how != "quantile":
-        raise ValueError(f"how={how!r} is invalid: accepted 'quantile' or 'bisect'.")
-    if cfg.stage1:
-        tr = vlm.generate(image, question, cfg.replace(stage2=False), max_new_tokens=0).trace
-        st, n = tr.stage("stage1"), tr.num_visual
-        goal = budget(n, math.sqrt(target)) if cfg.stage2 else budget(n, target)
-        forced = len(st.registers) if cfg.keep_registers else 0
-        cfg = cfg.replace(alpha=threshold_for(st.scores, st.candidates, forced, goal))
-    if cfg.stage2:
-        tr = vlm.generate(image, question, cfg, max_new_tokens=0).trace
-        st, n = tr.stage("stage2"), tr.num_visual
-        forced = len(st.registers) if cfg.keep_registers else 0
-        cfg = cfg.replace(beta=threshold_for(st.scores, st.candidates, forced, budget(n, target)))
-    return cfg
 
 
 # -- statistics ------------------------------------------------------------------------------------

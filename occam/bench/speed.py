@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 import occam
+from occam import archs, cost
 from occam.inputs import open_image
 
-from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, match_occam, md_table, median,
-                     ratios, summarize)
+from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, md_table, median, ratios,
+                     summarize)
 
 METHODS = ("none", "occam", "topk", "fastv", "visionzip")
 TIMING_KEYS = ("preprocess_s", "vision_s", "scoring_s", "prefill_s", "decode_s", "total_s", "decode_tokens_per_s")
@@ -59,10 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", default=None, help="an image file (default: a generated photo-like image)")
     p.add_argument("--image-size", default="640x480", help="WxH of the generated image (default 640x480)")
     p.add_argument("--question", default=QUESTION)
-    p.add_argument("--fastv-layer", type=int, default=2, help="FastV's K (clipped to the model depth)")
+    p.add_argument("--fastv-layer", type=int, default=2,
+                   help="FastV's K at full depth; with --text-layers it is scaled to the kept depth (as occam's K is)")
     p.add_argument("--stage2-layer", type=int, default=None, help="occam/topk Stage II layer K (default round(0.34 L))")
-    p.add_argument("--match", default="quantile", choices=("quantile", "bisect"),
-                   help="how occam's alpha/beta are matched to the retention (quantile: 2 runs)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak for --dtype, for the roofline ideal (default: known GPUs, else none)")
+    p.add_argument("--mem-bandwidth", type=float, default=None, help="the device's memory bandwidth in GB/s (idem)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default=None, help="markdown output (JSON written beside it); "
                                                 "default bench_results/speed_<model>.md")
@@ -75,20 +78,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def fastv_layer_at(depth: int, full_depth: int, fastv_layer: int) -> int:
+    """FastV's K for a model cut to ``depth`` of its ``full_depth`` decoder layers: the same relative depth."""
+    scaled = fastv_layer if depth >= full_depth else max(1, round(fastv_layer * depth / full_depth))
+    return min(scaled, depth - 1)
+
+
 def make_variants(vlm: occam.VLM, image, question: str, methods, retentions, fastv_layer: int,
-                  stage2_layer: int | None, match: str = "quantile") -> list[Variant]:
-    """The full model once, then every pruning method at every target retention."""
-    depth = vlm.num_layers
-    base = occam.OccamConfig(method="none", fastv_layer=min(fastv_layer, depth - 1), stage2_layer=stage2_layer)
+                  stage2_layer: int | None) -> list[Variant]:
+    """The full model once, then every pruning method at every target retention.
+
+    occam's alpha / beta are calibrated on this very input (``vlm.calibrate`` on one sample, to half a
+    token), so that it keeps as many tokens as the fixed-budget methods.
+    """
+    base = occam.OccamConfig(method="none", fastv_layer=fastv_layer, stage2_layer=stage2_layer)
     out = [Variant("none", "none", None, base)]
+    n = vlm.generate(image, question, base, max_new_tokens=0).trace.num_visual
     for t in retentions:
         for m in methods:
             if m == "none":
                 continue
-            cfg = match_occam(vlm, image, question, t, base, match) if m == "occam" else \
-                base.replace(method=m, retention=t)
+            cfg = vlm.calibrate([(image, question)], t, base.replace(method="occam"), tol=0.5 / n) \
+                if m == "occam" else base.replace(method=m, retention=t)
             out.append(Variant(f"{m}@{t:g}", m, t, cfg))
     return out
+
+
+def hf_forward_times(vlm: occam.VLM, image, question: str, reps: int, warmup: int) -> dict:
+    """The unmodified model's own ``model(**inputs)`` (vision + prefill, last logits only), timed alone."""
+    ad = vlm.adapter
+    inputs = ad.prepare(image, question).inputs
+    times = []
+    with torch.inference_mode():
+        for r in range(warmup + reps):
+            t0 = _sync_time(ad.device)
+            vlm.model(**inputs, logits_to_keep=1)
+            if r >= warmup:
+                times.append(_sync_time(ad.device) - t0)
+    return summarize(times)
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -146,7 +179,7 @@ def ttft(tr) -> float:
 
 
 def variant_report(v: Variant, traces: list, partner: list, all_full: list, memory: int | None, lm_config,
-                   element_size: int) -> dict:
+                   element_size: int, roofline: dict | None = None) -> dict:
     """One table row: this variant's traces, the full runs paired with them, and every full run."""
     tr = traces[0]
     timings = {k: summarize([t.timings.get(k) for t in traces]) for k in TIMING_KEYS}
@@ -155,6 +188,11 @@ def variant_report(v: Variant, traces: list, partner: list, all_full: list, memo
     best_x = min(t.timings["prefill_s"] for t in all_full) / min(t.timings["prefill_s"] for t in traces)
     ideal = tr.flops["prefill_full"] / tr.flops["prefill"]
     seq = tr.sequence
+    roof = None
+    if roofline is not None:
+        bound = lambda lengths: cost.prefill_roofline_s(lm_config, lengths, element_size,  # noqa: E731
+                                                        roofline["peak_tflops"] * 1e12, roofline["bandwidth_gbs"] * 1e9)
+        roof = bound([seq["prompt"]] * len(seq["per_layer"])) / bound(seq["per_layer"])
     k = seq["stage2_layer"]
     hand = kv_bytes_by_hand(lm_config, seq["per_layer"], element_size)
     text_tokens = seq["prompt"] - tr.counts["visual"]
@@ -170,6 +208,8 @@ def variant_report(v: Variant, traces: list, partner: list, all_full: list, memo
         "flops_ideal_prefill_speedup": ideal,
         "measured_prefill_speedup": prefill_x,
         "measured_over_ideal": prefill_x["median"] / ideal,
+        "roofline_ideal_prefill_speedup": roof,
+        "measured_over_roofline": None if roof is None else prefill_x["median"] / roof,
         "best_prefill_speedup": best_x,
         "best_over_ideal": best_x / ideal,
         "ttft_speedup": summarize(ratios([ttft(t) for t in partner], [ttft(t) for t in traces])),
@@ -188,7 +228,7 @@ def variant_report(v: Variant, traces: list, partner: list, all_full: list, memo
 
 def build_report(vlm: occam.VLM, variants: list[Variant], traces: dict, partner: dict, memory: dict,
                  setup: dict) -> dict:
-    lm_config = vlm.adapter.text_model.config
+    lm_config = vlm.adapter.lm.config
     element_size = torch.empty((), dtype=vlm.model.dtype).element_size()
     full = traces["none"]
     tr = full[0]
@@ -200,7 +240,7 @@ def build_report(vlm: occam.VLM, variants: list[Variant], traces: dict, partner:
         "image_size": list(tr.image_size), "prompt_tokens": tr.sequence["prompt"], "visual_tokens": tr.num_visual,
         "memory_kind": PeakMemory(vlm.adapter.device).kind,
         "variants": [variant_report(v, traces[v.label], partner[v.label], full, memory[v.label], lm_config,
-                                    element_size)
+                                    element_size, setup.get("roofline"))
                      for v in variants],
     }
 
@@ -237,13 +277,16 @@ def timings_table(report: dict) -> str:
 
 
 def speedup_table(report: dict) -> str:
-    header = ["method", "target ret.", "FLOPs-ideal prefill ×", "measured prefill × (pairs)", "measured / ideal",
+    header = ["method", "target ret.", "FLOPs-ideal prefill ×", "roofline-ideal ×", "measured prefill × (pairs)",
+              "measured / ideal", "measured / roofline",
               "best-run prefill ×", "best / ideal", "TTFT ×", "scoring % of full prefill", "Δvision % of full prefill", "KV = hand count, ∝ kept"]
     rows = []
     for v in report["variants"]:
         ch = v["checks"]
-        rows.append([v["method"], _ret(v), fmt(v["flops_ideal_prefill_speedup"]),
+        roof = v["measured_over_roofline"]
+        rows.append([v["method"], _ret(v), fmt(v["flops_ideal_prefill_speedup"]), fmt(v["roofline_ideal_prefill_speedup"]),
                      fmt_range(v["measured_prefill_speedup"]), f"{100 * v['measured_over_ideal']:.0f}%",
+                     "–" if roof is None else f"{100 * roof:.0f}%",
                      fmt(v["best_prefill_speedup"]), f"{100 * v['best_over_ideal']:.0f}%",
                      fmt_range(v["ttft_speedup"]), f"{100 * v['scoring_share_of_full_prefill']:.1f}%",
                      f"{100 * v['vision_delta_share_of_full_prefill']:+.1f}%",
@@ -261,8 +304,12 @@ def markdown(report: dict) -> str:
              f"- {r['warmup']} warm-up round(s), then {r['reps']} round(s) in which every pruned variant is timed "
              f"next to a run of the full model (full first / second in even / odd rounds, variant order rotated); "
              f"cells: median [min–max] over the runs\n"
-             f"- occam Stage II at decoder layer K={k}; FastV at layer {r['fastv_layer']}; "
-             f"occam's alpha/beta matched to the target retention by `{r['match']}`\n"
+             f"- occam Stage II at decoder layer K={k}; FastV at layer {r['fastv_layer']}"
+             f"{' (scaled from ' + str(r['fastv_layer_full_depth']) + ' at full depth)' if r['fastv_layer'] != r['fastv_layer_full_depth'] else ''}; "
+             f"occam's alpha/beta calibrated on this input to the target retention\n"
+             f"- the unmodified model's own forward (`model(**inputs)`, vision + prefill): "
+             f"{fmt_range(r['hf_forward_s'])} s; occam `none` vision + prefill: {fmt_range(r['none_vision_prefill_s'])} s "
+             f"(ratio {fmt(r['none_over_hf'])})\n"
              f"- command: `{r['command']}`")
     notes = ("- *prefill s*: the language-model prefill up to the first token's logits, Stage II / FastV scoring "
              "included; *vision s*: vision encoder + Stage-I statistics + Stage I; *TTFT*: preprocessing + vision + "
@@ -300,16 +347,42 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         w, h = (int(x) for x in args.image_size.lower().split("x"))
         image = bench_image(w, h)
     if log:
-        log(f"loaded {vlm.name}; matching retention {args.retention}")
-    variants = make_variants(vlm, image, args.question, args.methods, args.retention, args.fastv_layer,
-                             args.stage2_layer, args.match)
+        log(f"loaded {vlm.name}; calibrating occam to retention {args.retention}")
+    fastv_k = fastv_layer_at(vlm.num_layers, full_depth(args.model, vlm), args.fastv_layer)
+    variants = make_variants(vlm, image, args.question, args.methods, args.retention, fastv_k, args.stage2_layer)
+    hf = hf_forward_times(vlm, image, args.question, args.reps, args.warmup)
     traces, partner, memory = run_rounds(vlm, image, args.question, variants, args.reps, args.warmup,
                                          args.max_new_tokens, log)
+    none = summarize(t.timings["vision_s"] + t.timings["prefill_s"] for t in traces["none"])
     setup = {"command": "python -m occam.bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
              "question": args.question, "reps": args.reps, "warmup": args.warmup,
-             "max_new_tokens": args.max_new_tokens, "fastv_layer": variants[0].config.fastv_layer,
-             "match": args.match, "retentions": args.retention}
+             "max_new_tokens": args.max_new_tokens, "fastv_layer": fastv_k, "fastv_layer_full_depth": args.fastv_layer,
+             "retentions": args.retention, "hf_forward_s": hf, "none_vision_prefill_s": none,
+             "none_over_hf": none["median"] / hf["median"],
+             "roofline": roofline_device(vlm.adapter.device, args.peak_tflops, args.mem_bandwidth)}
     return build_report(vlm, variants, traces, partner, memory, setup)
+
+
+#: dense bf16/fp16 peak (TFLOP/s) and memory bandwidth (GB/s) from the vendors' spec sheets (SXM parts)
+KNOWN_DEVICES = {"H200": (989.0, 4800.0), "H100": (989.0, 3350.0), "A100": (312.0, 2039.0)}
+
+
+def roofline_device(device: torch.device, peak_tflops: float | None, bandwidth: float | None) -> dict | None:
+    """Peak FLOP/s and bandwidth for the roofline ideal: as given, else a known GPU's spec sheet, else None."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    if peak_tflops and bandwidth:
+        return {"device": name, "peak_tflops": peak_tflops, "bandwidth_gbs": bandwidth, "source": "given"}
+    spec = next((v for k, v in KNOWN_DEVICES.items() if k in name), None)
+    if spec is None:
+        return None
+    return {"device": name, "peak_tflops": spec[0], "bandwidth_gbs": spec[1], "source": "spec sheet"}
+
+
+def full_depth(model: str, vlm: occam.VLM) -> int:
+    """Decoder layers of the model before any --text-layers cut."""
+    if model in archs.ARCH_NAMES:
+        return archs.config_for(model).get_text_config().num_hidden_layers
+    return getattr(vlm.adapter.lm.config, "occam_full_depth", vlm.num_layers)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,24 +1,27 @@
-"""What every model-family adapter provides, and the pieces they share.
+"""What every model-family adapter provides, and the language-model side they all share.
 
-An adapter is the ONLY place that knows Hugging Face internals. It turns (image, question) into
-model inputs, runs the vision side (features + the Stage-I statistics of the vision layer whose
-features the language model receives), and exposes the language model's parts (embeddings,
-decoder layers, norm, rotary, head) so that ``occam.runtime`` can run the prefill layer by layer
-and remove tokens physically.
+An adapter is the ONLY place that knows Hugging Face internals (with ``processors``). It turns
+(image, question) into model inputs, runs the vision side (the visual tokens as the language model
+sees them, and the Stage-I statistics of the vision layer whose features the language model
+receives), and runs the language model one decoder layer at a time for ``occam.engine``, which
+removes tokens between layers and never touches a transformers module itself.
 
-What is modified on the model: nothing. One forward pre-hook and one forward hook are installed
-once, at adapter construction, on the vision layer that is scored (``Probe``). They are inert
-unless the running call (a ContextVar, so per thread / per task) asks to capture that layer's
-input; they never change outputs.
+Reads from the model: the vision tower's scored layer (its input, via ``Probe``), the decoder
+layers, embeddings, rotary embedding, final norm and head, each called as its own forward does.
+Modifies on the model: nothing. One forward pre-hook and one forward hook are installed once, at
+adapter construction, on the scored vision layer (``Probe``). They are inert unless the running
+call (a ContextVar, so per thread / per task) asks to capture that layer; they never change outputs.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from ..evidence import attention_colmean
 from ..registers import high_norm_tokens
@@ -69,26 +72,36 @@ class Prepared:
 
 @dataclass
 class VisionOutput:
-    """The visual tokens as the language model sees them (N of them) and their Stage-I statistics."""
+    """The N visual tokens as the language model sees them, where they come from, and the captured layer."""
     embeds: torch.Tensor                # (N, D) language-model input embeddings
     boxes: list                         # per token: [x0, y0, x1, y1] in original pixels, or None
     grid: list                          # per token: [tile, row, col]
-    kinds: list[str]                    # per token: "patch", "register" (explicit), "newline"
-    layer: int = -1                     # index of the vision layer scored
-    evidence: torch.Tensor | None = None          # (N,) e_j, mean attention drawn from non-register queries
-    registers: torch.Tensor | None = None         # (N,) bool
-    register_source: str = "none"
-    register_values: torch.Tensor | None = None   # evidence of the registers at their native granularity
-    register_attention: torch.Tensor | None = None  # (N,) attention paid by the registers
-    cls_attention: torch.Tensor | None = None     # (N,) [CLS] attention (VisionZip); e_j when no CLS
-    keys: torch.Tensor | None = None              # (N, dk) keys of the scored layer (VisionZip merging)
-    row_id: torch.Tensor | None = None            # (N,) long: NeXT row of a tile token / newline, -1 else
-    deepstack: list | None = None                 # Qwen3-VL: per LM layer, (N, D) features added after it
-    extra: dict = field(default_factory=dict)     # adapter-private: the captured vision layer, until stats()
+    kinds: list[str]                    # per token: "patch", "cls", "register" (explicit), "newline"
+    layer: int                          # index of the vision layer scored
+    row_id: torch.Tensor | None = None  # (N,) long: NeXT row of a tile token / newline, -1 else
+    deepstack: list | None = None       # Qwen3-VL: per LM layer, (N, D) features added after it
+    captured: dict | None = None        # the scored layer's input / kwargs / output, read by ``stats``
 
     @property
     def n(self) -> int:
         return self.embeds.shape[0]
+
+
+@dataclass
+class VisionStats:
+    """Stage-I statistics of the scored vision layer, per visual token (N), on the CPU."""
+    evidence: torch.Tensor                    # (N,) e_j, mean attention drawn from non-register queries
+    registers: torch.Tensor                   # (N,) bool: the reference tokens
+    register_source: str                      # "explicit" or "emergent"
+    register_values: torch.Tensor             # evidence of the registers at their native granularity
+    register_attention: torch.Tensor | None   # (N,) attention paid by the registers
+    cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
+    keys: torch.Tensor                        # (N, dk) keys of the scored layer (VisionZip merging)
+
+    @property
+    def explicit(self) -> torch.Tensor:
+        """(N,) bool: registers that exist by construction (kept under keep_registers='explicit')."""
+        return self.registers if self.register_source == "explicit" else torch.zeros_like(self.registers)
 
 
 @dataclass
@@ -103,10 +116,8 @@ class TokenStats:
 def vision_token_stats(q: torch.Tensor, k: torch.Tensor, scale: float, registers: torch.Tensor,
                        cls_index: int | None, chunk: int) -> TokenStats:
     """Stage-I statistics from a vision layer's q and k, each (H, T, d); registers is a (T,) bool mask."""
-    queries = torch.nonzero(~registers).flatten()
-    evidence = attention_colmean(q[:, queries], k, scale, chunk)
-    reg_rows = torch.nonzero(registers).flatten()
-    reg_att = attention_colmean(q[:, reg_rows], k, scale, chunk) if reg_rows.numel() else None
+    evidence = attention_colmean(q[:, ~registers], k, scale, chunk)
+    reg_att = attention_colmean(q[:, registers], k, scale, chunk) if registers.any() else None
     cls_att = attention_colmean(q[:, [cls_index]], k, scale, chunk) if cls_index is not None else None
     keys = k.transpose(0, 1).reshape(k.shape[1], -1)
     return TokenStats(evidence, reg_att, cls_att, keys)
@@ -126,8 +137,18 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], heads, -1).transpose(0, 1)
 
 
+def rotary_function(module: torch.nn.Module, name: str):
+    """The family's own rotary function, from the transformers module that defines ``module``'s class.
+
+    Each modeling file defines its own ``apply_rotary_pos_emb`` (M-RoPE sections, interleaving, vision
+    variants); looking it up there applies exactly the rotation the model's forward applies.
+    """
+    return getattr(sys.modules[type(module).__module__], name)
+
+
 class Adapter:
-    """Base adapter: the language-model side is shared by all four families."""
+    """Base adapter. Per family: ``vision_layer``, ``encode``, ``stats`` (and ``positions`` for M-RoPE).
+    Shared: inputs (``prepare``) and the language-model side the engine calls between removals."""
 
     family = "base"
     mrope = False          # positions are (3, L) M-RoPE ids instead of (1, L)
@@ -136,21 +157,23 @@ class Adapter:
         self.model = model
         self.processor = processor
         self.config = model.config
+        self.lm = model.model.language_model
+        # decided once: the cache keyword of the decoder layers ("cache" since transformers 5.2x)
+        params = inspect.signature(type(self.lm.layers[0]).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.probe = Probe(self.vision_layer())
 
-    # -- to implement per family -----------------------------------------------------------
+    # -- per family ----------------------------------------------------------------------------
     def vision_layer(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def prepare(self, image, question: str) -> Prepared:
+        """The vision encoder layer whose attention Stage I scores."""
         raise NotImplementedError
 
     def encode(self, prep: Prepared) -> VisionOutput:
-        """Visual tokens as the LM sees them, their boxes; the scored vision layer is captured in ``extra``."""
+        """Visual tokens as the LM sees them and their boxes; the scored layer is in ``captured``."""
         raise NotImplementedError
 
-    def stats(self, vis: VisionOutput, cfg) -> None:
-        """Fill ``vis``'s Stage-I statistics (evidence, registers, attention, keys) from the captured layer."""
+    def stats(self, vis: VisionOutput, cfg) -> VisionStats:
+        """Stage-I statistics (evidence, registers, attention, keys) from ``vis.captured``."""
         raise NotImplementedError
 
     def positions(self, prep: Prepared) -> torch.Tensor:
@@ -158,18 +181,10 @@ class Adapter:
         length = prep.inputs["input_ids"].shape[1]
         return torch.arange(length, device=self.device)[None]
 
-    # -- shared ------------------------------------------------------------------------------
+    # -- inputs ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.model.lm_head.weight.device
-
-    @property
-    def text_model(self):
-        return self.model.model.language_model
-
-    @property
-    def lm_head(self):
-        return self.model.lm_head
 
     @property
     def image_token_id(self) -> int:
@@ -186,7 +201,8 @@ class Adapter:
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
-    def processor_inputs(self, image, question: str) -> Prepared:
+    def prepare(self, image, question: str) -> Prepared:
+        """The processor's inputs for the family's chat prompt, on the model's device and dtype."""
         prompt = self.build_prompt(question)
         inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
@@ -194,26 +210,58 @@ class Adapter:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return Prepared(dict(inputs), image.size, prompt)
 
-    def query_key(self, layer, hidden: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Decoder layer K's own queries (only ``rows``) and keys (all tokens), after RoPE and q/k-norm.
+    def token_texts(self, ids: torch.Tensor) -> list[str]:
+        """The text of each token id, for the trace (e.g. Stage II's query tokens)."""
+        tok = self.processor.tokenizer
+        return [tok.decode([i]) for i in ids.tolist()]
 
-        hidden: (1, L, D) residual stream entering the layer. Returns q (H, R, d), k (H, L, d)
-        with GQA groups expanded, and the softmax scale.
+    # -- the language model, one step at a time ----------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.lm.layers)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(L,) token ids -> (1, L, D) input embeddings."""
+        return self.lm.embed_tokens(ids[None])
+
+    def rope(self, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, L, d), for position ids (P, L) with P = 3 for M-RoPE, 1 otherwise."""
+        return self.lm.rotary_emb(h, pos[:, None] if self.mrope else pos)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.lm.config)
+
+    def layer(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache) -> torch.Tensor:
+        """Decoder layer i on (1, L, D), appending its keys / values to ``cache`` (causal over the L new tokens)."""
+        mask = None   # sdpa / flash attention apply their causal kernels; eager needs the mask spelled out
+        if h.shape[1] > 1 and self.lm.config._attn_implementation == "eager":
+            mask = torch.full((h.shape[1],) * 2, torch.finfo(h.dtype).min, dtype=h.dtype, device=h.device).triu(1)
+            mask = mask[None, None]
+        return self.lm.layers[i](h, attention_mask=mask, position_embeddings=rope, **{self._cache_kw: cache})
+
+    def logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        """(1, 1, D) last hidden state -> (V,) next-token logits."""
+        return self.model.lm_head(self.lm.norm(h_last))[0, -1]
+
+    def query_key(self, i: int, hidden: torch.Tensor, rows: torch.Tensor,
+                  rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Decoder layer i's own queries (only ``rows``) and keys (all tokens), after RoPE and q/k-norm.
+
+        Mirrors the first half of the family's attention forward (input norm, q/k projections, q/k norm
+        where the family has one, rotary) without computing attention. hidden: (1, L, D) residual stream
+        entering the layer. Returns q (H, R, d), k (H, L, d) with GQA groups expanded, and the scale.
         """
+        layer = self.lm.layers[i]
         attn = layer.self_attn
+        cos, sin = rope
         x = layer.input_layernorm(hidden)
         hd = attn.head_dim
         q = attn.q_proj(x[:, rows]).view(1, rows.numel(), -1, hd).transpose(1, 2)
         k = attn.k_proj(x).view(1, x.shape[1], -1, hd).transpose(1, 2)
         if getattr(attn, "q_norm", None) is not None:
             q, k = attn.q_norm(q), attn.k_norm(k)
-        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        q, _ = rope(q, q, cos[:, rows], sin[:, rows])
-        _, k = rope(k, k, cos, sin)
+        rotate = rotary_function(attn, "apply_rotary_pos_emb")
+        q, _ = rotate(q, q, cos[:, rows], sin[:, rows])
+        _, k = rotate(k, k, cos, sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         return q[0], k[0], attn.scaling
-
-
-def patch_grid_meta(rows: int, cols: int, tile: int = 0) -> list:
-    return [[tile, r, c] for r in range(rows) for c in range(cols)]

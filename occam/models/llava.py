@@ -1,10 +1,11 @@
 """LLaVA-1.5 (LlavaForConditionalGeneration) and LLaVA-NeXT (LlavaNextForConditionalGeneration).
 
-Vision side: a CLIP-like tower (CLIP, SigLIP, or DINOv2-with-registers for the project's toy model)
-whose hidden state at ``vision_feature_layer`` is projected into the language model. Stage I reads
-the attention of that layer (the encoder layer that produces it), from the layer's own q / k.
-LLaVA-NeXT runs the tower on a base image + anyres tiles; the token layout (tiles, unpadding,
+Reads: the vision tower (CLIP, SigLIP, or DINOv2-with-registers for the project's toy model), whose
+hidden state at ``vision_feature_layer`` is projected into the language model; the encoder layer that
+produces it is the scored layer (its own layer norm, q / k projections and scale). Visual tokens come
+from the model's own ``get_image_features``. LLaVA-NeXT's token layout (base + anyres tiles, unpadding,
 image_newline) is obtained by running the model's own ``pack_image_features`` on token indices.
+Modifies: nothing (see ``base``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
-from .base import Adapter, Prepared, VisionOutput, emergent_registers, split_heads, vision_token_stats
+from .base import Adapter, Prepared, VisionOutput, VisionStats, emergent_registers, split_heads, vision_token_stats
 
 
 def _encoder_layers(tower) -> torch.nn.ModuleList:
@@ -30,25 +31,25 @@ def _encoder_layers(tower) -> torch.nn.ModuleList:
 class LlavaAdapter(Adapter):
     family = "llava"
 
-    def vision_layer(self) -> torch.nn.Module:
-        layers = _encoder_layers(self.model.model.vision_tower)
-        feature = self.config.vision_feature_layer
+    def __init__(self, model, processor):
+        cfg, vc = model.config, model.config.vision_config
+        self.layers = _encoder_layers(model.model.vision_tower)
+        feature = cfg.vision_feature_layer
         feature = feature[-1] if isinstance(feature, (list, tuple)) else feature  # scored: the last one
-        index = feature % (len(layers) + 1)          # into hidden_states = (embeddings, layer 0, ...)
+        index = feature % (len(self.layers) + 1)          # into hidden_states = (embeddings, layer 0, ...)
         if index == 0:
             raise TypeError("vision_feature_layer points at the patch embeddings; there is no attention to score.")
         self.layer_index = index - 1
-        vc = self.config.vision_config
-        self.n_registers = int(getattr(vc, "num_register_tokens", 0) or 0)
-        self.offset = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        self.n_registers = int(getattr(vc, "num_register_tokens", 0) or 0)   # DINOv2-with-registers
+        self.offset = 1 if cfg.vision_feature_select_strategy == "default" else 0   # the LM drops [CLS]
         self.grid = vc.image_size // vc.patch_size
-        return layers[self.layer_index]
+        super().__init__(model, processor)
 
-    def prepare(self, image, question: str) -> Prepared:
-        return self.processor_inputs(image, question)
+    def vision_layer(self) -> torch.nn.Module:
+        return self.layers[self.layer_index]
 
     # -- layout of the language model's visual tokens ------------------------------------------
-    def layout(self, prep: Prepared, n_tiles: int):
+    def layout(self, prep: Prepared):
         """src[j] = tile * P + p for LM visual token j (-1 for a newline), boxes, grid, kinds, row ids."""
         w, h = prep.image_size
         aff, out_w, out_h = clip_affine(w, h, self.processor.image_processor)
@@ -71,25 +72,28 @@ class LlavaAdapter(Adapter):
     def encode(self, prep: Prepared) -> VisionOutput:
         with self.probe.capture() as cap:
             embeds = self._features(prep)
-        src, boxes, grid, kinds, row_id = self.layout(prep, cap["input"].shape[0])
+        src, boxes, grid, kinds, row_id = self.layout(prep)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
-                            row_id=row_id, extra={"src": src, "input": cap["input"], "output": cap["output"]})
+                            row_id=row_id, captured={"src": src, "input": cap["input"], "output": cap["output"]})
 
-    def stats(self, vis: VisionOutput, cfg) -> None:
-        """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT)."""
-        src, x_in, x_out = vis.extra["src"], vis.extra["input"], vis.extra["output"]   # (tiles, T, C)
+    def stats(self, vis: VisionOutput, cfg) -> VisionStats:
+        """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT).
+
+        Every supported tower (CLIP, SigLIP with a head token, DINOv2) puts a [CLS] token first: it is
+        a query, never a register, and its attention row is VisionZip's ranking.
+        """
+        src, x_in, x_out = vis.captured["src"], vis.captured["input"], vis.captured["output"]   # (tiles, T, C)
         tiles, tokens = x_in.shape[0], x_in.shape[1]
-        has_cls = True  # CLIP / SigLIP-with-CLS / DINOv2 all put a [CLS] token first
         if self.n_registers:
             regs = torch.zeros(tiles, tokens, dtype=torch.bool, device=x_in.device)
             regs[:, 1:1 + self.n_registers] = True
-            vis.register_source = "explicit"
+            source = "explicit"
         else:
             cand = torch.ones(tiles, tokens, dtype=torch.bool, device=x_in.device)
-            cand[:, 0] = not has_cls
+            cand[:, 0] = False
             regs = emergent_registers(x_out.reshape(tiles * tokens, -1), cand.flatten(), cfg.kappa,
                                       cfg.max_register_frac).view(tiles, tokens)
-            vis.register_source = "emergent"
+            source = "emergent"
         layer = self.probe.module
         norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
@@ -99,7 +103,7 @@ class LlavaAdapter(Adapter):
         for t in range(tiles):
             h = norm(x_in[t])
             q, k = split_heads(attn.q_proj(h), heads), split_heads(attn.k_proj(h), heads)
-            per_tile.append(vision_token_stats(q, k, scale, regs[t], 0 if has_cls else None, cfg.attn_chunk))
+            per_tile.append(vision_token_stats(q, k, scale, regs[t], 0, cfg.attn_chunk))
         lm = slice(self.offset, None)
 
         def gather(values: list[torch.Tensor | None], fill: float = float("nan")) -> torch.Tensor | None:
@@ -111,12 +115,13 @@ class LlavaAdapter(Adapter):
             out[ok] = flat[src[ok]]
             return out
 
-        vis.evidence = gather([s.evidence for s in per_tile])
-        vis.registers = gather([r.float() for r in regs], 0.0).bool()
-        vis.register_values = torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)])
-        vis.register_attention = gather([s.register_attention for s in per_tile])
-        vis.cls_attention = gather([s.cls_attention for s in per_tile])
-        vis.keys = torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0)
+        return VisionStats(
+            evidence=gather([s.evidence for s in per_tile]), registers=gather([r.float() for r in regs], 0.0).bool(),
+            register_source=source,
+            register_values=torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)]),
+            register_attention=gather([s.register_attention for s in per_tile]),
+            cls_attention=gather([s.cls_attention for s in per_tile]),
+            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0))
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -127,9 +132,10 @@ class LlavaNextAdapter(LlavaAdapter):
                                                   image_sizes=prep.inputs["image_sizes"], return_dict=True)
         return torch.cat(list(out.pooler_output), dim=0)
 
-    def layout(self, prep: Prepared, n_tiles: int):
+    def layout(self, prep: Prepared):
         """Base image tokens, then the unpadded tile grid with one image_newline token per row."""
         w, h = prep.image_size
+        n_tiles = prep.inputs["pixel_values"].shape[1]          # (images, tiles, C, H, W)
         per_tile = self.grid * self.grid
         index = torch.arange(n_tiles * per_tile, dtype=torch.float32).view(n_tiles, per_tile, 1)
         packed, _ = self.model.model.pack_image_features(

@@ -1,38 +1,35 @@
 """Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) and Qwen3-VL (Qwen3VLForConditionalGeneration).
 
-Vision side: a ViT over 14-px patches (no CLS, no explicit registers: emergent high-norm patches are
-the registers), whose last block feeds a 2x2 patch merger. Stage I scores the last block's attention
-at patch level and averages the 4 patches of each merged token. Qwen2.5-VL runs its blocks in a
-window-permuted order; statistics are put back in raster order. Qwen3-VL adds deepstack features to
-the first decoder layers at the visual positions: the runtime cuts them with the kept tokens.
-Positions are 3-D M-RoPE ids from the model's own ``get_rope_index`` (no state kept on the model).
+Reads: the ViT (14- or 16-px patches; no CLS, no explicit registers: emergent high-norm patches are the
+registers), whose last block feeds a 2x2 patch merger. Stage I scores the last block's attention at
+patch level (its own norm1, fused qkv, vision rotary and scale) and averages the 4 patches of each merged
+token. Qwen2.5-VL runs its blocks in a window-permuted order (the model's ``get_vision_window_index``);
+statistics are put back in raster order. Qwen3-VL adds deepstack features to the first decoder layers at
+the visual positions: the engine cuts them with the kept tokens. Positions are 3-D M-RoPE ids from the
+model's own ``get_rope_index``.
+Modifies: nothing (see ``base``).
 """
 from __future__ import annotations
-
-import sys
 
 import torch
 from transformers.vision_utils import get_vision_window_index
 
 from ..geometry import grid_boxes, scale_to
-from .base import Adapter, Prepared, VisionOutput, emergent_registers, vision_token_stats
+from .base import Adapter, Prepared, VisionOutput, VisionStats, emergent_registers, rotary_function, vision_token_stats
 
 
 class QwenAdapter(Adapter):
     family = "qwen2_5_vl"
     mrope = True
 
-    @property
-    def visual(self):
-        return self.model.model.visual
-
-    def vision_layer(self) -> torch.nn.Module:
+    def __init__(self, model, processor):
+        self.visual = model.model.visual
         self.layer_index = len(self.visual.blocks) - 1
         self.merge = self.visual.spatial_merge_size
-        return self.visual.blocks[-1]
+        super().__init__(model, processor)
 
-    def prepare(self, image, question: str) -> Prepared:
-        return self.processor_inputs(image, question)
+    def vision_layer(self) -> torch.nn.Module:
+        return self.visual.blocks[self.layer_index]
 
     def positions(self, prep: Prepared) -> torch.Tensor:
         inp = prep.inputs
@@ -62,10 +59,10 @@ class QwenAdapter(Adapter):
         boxes = grid_boxes(aff, w, h, rows, cols, self.merge * patch, self.merge * patch) * t
         grid = [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
-                            layer=self.layer_index, deepstack=deepstack or None, extra={"thw": thw, **cap})
+                            layer=self.layer_index, deepstack=deepstack or None, captured={"thw": thw, **cap})
 
-    def stats(self, vis: VisionOutput, cfg) -> None:
-        cap, thw = vis.extra, vis.extra["thw"]
+    def stats(self, vis: VisionOutput, cfg) -> VisionStats:
+        cap, thw = vis.captured, vis.captured["thw"]
         x_in, x_out = cap["input"], cap["output"]          # (T, C) patches, in the blocks' order
         unit = self.merge ** 2
         n = x_in.shape[0] // unit
@@ -75,8 +72,7 @@ class QwenAdapter(Adapter):
         attn = block.attn
         cos, sin = cap["kwargs"]["position_embeddings"]
         qkv = attn.qkv(block.norm1(x_in)).reshape(x_in.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3)
-        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
-        q, k = rope(qkv[0], qkv[1], cos, sin)
+        q, k = rotary_function(attn, "apply_rotary_pos_emb_vision")(qkv[0], qkv[1], cos, sin)
         st = vision_token_stats(q.transpose(0, 1), k.transpose(0, 1), attn.scaling, regs, None, cfg.attn_chunk)
         order = self._window_order(thw)
         restore = torch.argsort(order) if order is not None else torch.arange(n)
@@ -85,13 +81,13 @@ class QwenAdapter(Adapter):
             v = values.reshape(n, unit, *values.shape[1:])[restore.to(values.device)].float().cpu()
             return v.any(1) if how == "any" else v.mean(1)
 
-        vis.evidence = merged(st.evidence)
-        vis.registers = merged(regs, "any")
-        vis.register_source = "emergent"
-        vis.register_values = st.evidence[regs].float().cpu()
-        vis.register_attention = merged(st.register_attention) if st.register_attention is not None else None
-        vis.cls_attention = vis.evidence           # no [CLS]: VisionZip ranks by attention received
-        vis.keys = merged(st.keys)
+        evidence = merged(st.evidence)
+        return VisionStats(
+            evidence=evidence, registers=merged(regs, "any"), register_source="emergent",
+            register_values=st.evidence[regs].float().cpu(),
+            register_attention=merged(st.register_attention) if st.register_attention is not None else None,
+            cls_attention=evidence,            # no [CLS]: VisionZip ranks by attention received
+            keys=merged(st.keys))
 
 
 class Qwen3Adapter(QwenAdapter):

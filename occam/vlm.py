@@ -1,0 +1,54 @@
+"""``VLM``: a loaded model + processor behind one call, ``generate(image, question, config=...)``."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from . import engine
+from .calibration import calibrate
+from .config import OccamConfig
+from .engine import Result
+from .inputs import check_question, to_rgb
+from .models import adapter_for
+
+__all__ = ["VLM", "Result"]
+
+
+class VLM:
+    """A loaded model + processor. Settings travel with each call: nothing is stored on the model."""
+
+    def __init__(self, model, processor, name: str = "custom"):
+        model.eval()
+        self.name = name
+        self.model = model
+        self.processor = processor
+        self.adapter = adapter_for(model, processor)
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def generate(self, image, question: str, config: OccamConfig | None = None, max_new_tokens: int = 64,
+                 return_cache: bool = False) -> Result:
+        """Answer ``question`` about ``image`` (a PIL image) with greedy decoding under ``config``."""
+        cfg = OccamConfig() if config is None else config
+        if not isinstance(cfg, OccamConfig):
+            raise TypeError(f"config must be an occam.OccamConfig, got {type(cfg).__name__}.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: accepted an integer >= 0.")
+        image = to_rgb(image)
+        question = check_question(question)
+        if cfg.uses_stage2:
+            cfg.decoder_layer(self.num_layers)  # validates K before any work
+        with torch.inference_mode():
+            return engine.run(self.adapter, self.name, image, question, cfg, max_new_tokens, return_cache)
+
+    def calibrate(self, samples: Iterable[tuple[Any, str]], target: float,
+                  config: OccamConfig | None = None, tol: float = 0.005, iters: int = 24) -> OccamConfig:
+        """alpha / beta giving a target AVERAGE retention over ``samples`` (see ``occam.calibration``)."""
+        return calibrate(self, samples, target, config, tol, iters)
