@@ -16,18 +16,21 @@ from .vlm import VLM
 __all__ = ["load", "OccamConfig", "METHODS", "VLM", "Result", "Trace", "StageTrace", "calibrate"]
 
 
-def load(name_or_path: str | None = "toy", *, model=None, processor=None, dtype=None, device=None) -> VLM:
+def load(name_or_path: str | None = "toy", *, model=None, processor=None, dtype=None, device=None,
+         prefill: str = "auto", preprocess: str = "auto") -> VLM:
     """Load a supported VLM (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL or the shipped toy model).
 
     ``name_or_path``: "toy" (offline default), a hub id, a local folder saved with save_pretrained,
     or a name of ``occam.archs`` (real shapes, random weights). Or pass ``model`` and ``processor``.
+    ``prefill`` / ``preprocess``: the GPU fast paths (see ``occam.VLM``); "auto" picks them on a GPU.
     """
+    paths = {"prefill": prefill, "preprocess": preprocess}
     if model is not None:
         if processor is None:
             raise TypeError("occam.load(model=...) also needs processor=...")
         if device is not None:
             model = model.to(device)
-        return VLM(model, processor, name=getattr(model, "name_or_path", None) or type(model).__name__)
+        return VLM(model, processor, name=getattr(model, "name_or_path", None) or type(model).__name__, **paths)
     from .loading import load_model_and_processor
     model, processor = load_model_and_processor(name_or_path, dtype=dtype, device=device)
-    return VLM(model, processor, name=name_or_path)
+    return VLM(model, processor, name=name_or_path, **paths)

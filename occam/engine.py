@@ -84,8 +84,12 @@ class Sequence:
 
 
 def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_tokens: int,
-        return_cache: bool = False) -> Result:
-    """Answer ``question`` about ``image`` under ``cfg``: the whole request, step by step."""
+        return_cache: bool = False, segments=None) -> Result:
+    """Answer ``question`` about ``image`` under ``cfg``: the whole request, step by step.
+
+    ``segments``: how runs of decoder layers execute in the prefill (``occam.models.graphs``): None
+    for eager per-layer calls, or a padded / CUDA-graph runner.
+    """
     clock = Clock(ad.device)
     prep = ad.prepare(image, question)
     clock.lap("preprocess_s", "total_s")
@@ -94,7 +98,7 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
                   num_visual=vis.n, boxes=vis.boxes, grid=vis.grid, kinds=vis.kinds)
     seq = sequence(ad, prep, vis, embeds, keep)
     full_len, stage1_len = prep.inputs["input_ids"].shape[1], seq.h.shape[1]
-    logits, cache, lengths, keep, stage2 = prefill(ad, seq, vis, stats, keep, cfg, clock)
+    logits, cache, lengths, keep, stage2 = prefill(ad, seq, vis, stats, keep, cfg, clock, segments)
     trace.kv_cache_bytes = cost.kv_cache_bytes(cache)
     tokens = decode(ad, cache, logits, int(seq.pos.max()) + 1, max_new_tokens)
     clock.lap("decode_s", "total_s")
@@ -112,7 +116,9 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
     trace.flops = {"prefill": cost.prefill_flops(ad.lm.config, lengths),
                    "prefill_full": cost.prefill_flops(ad.lm.config, [full_len] * len(lengths))}
     trace.sequence = {"prompt": full_len, "after_stage1": stage1_len, "per_layer": lengths,
-                      "stage2_layer": stage2.layer if stage2 is not None else None}
+                      "stage2_layer": stage2.layer if stage2 is not None else None,
+                      "prefill_path": getattr(segments, "name", "eager"),
+                      "preprocess_path": "torchvision" if ad.device_processor is not None else "pil"}
     text = ad.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Result(text, tokens, trace, logits, cache if return_cache else None)
 
@@ -156,7 +162,7 @@ def sequence(ad: Adapter, prep: Prepared, vis: VisionOutput, embeds: torch.Tenso
 
 
 def prefill(ad: Adapter, seq: Sequence, vis: VisionOutput, stats: VisionStats | None, keep: torch.Tensor,
-            cfg: OccamConfig, clock: Clock):
+            cfg: OccamConfig, clock: Clock, segments=None):
     """All decoder layers over the prompt, Stage II (or FastV) cutting the sequence before layer K.
 
     Returns (first logits (V,) float32, the KV cache, tokens per layer, kept mask (N,), Stage-II trace or None).
@@ -164,22 +170,35 @@ def prefill(ad: Adapter, seq: Sequence, vis: VisionOutput, stats: VisionStats | 
     cache = ad.new_cache()
     rope = ad.rope(seq.h, seq.pos)
     k_layer = cfg.decoder_layer(ad.num_layers) if cfg.uses_stage2 else None
+    bounds = sorted({0, ad.num_layers} | ({k_layer} if k_layer is not None else set()))
     lengths, stage = [], None
-    for i in range(ad.num_layers):
-        if i == k_layer:
+    for start, stop in zip(bounds, bounds[1:]):
+        if start == k_layer:
             clock.lap("prefill_s", "total_s")
-            keep2, stage = stage2(ad, i, seq, rope, vis.n, stats, cfg)
+            keep2, stage = stage2(ad, start, seq, rope, vis.n, stats, cfg)
             rope = seq.cut(keep2, rope)
             keep = torch.tensor(stage.kept, dtype=torch.bool)
             clock.lap("scoring_s", "prefill_s", "total_s")   # Stage-II scoring: part of prefill_s
-        lengths.append(seq.h.shape[1])
-        seq.h = ad.layer(i, seq.h, rope, cache)
-        if vis.deepstack is not None and i < len(vis.deepstack):   # Qwen3-VL: only the kept tokens' features
-            seq.h = seq.h.clone()
-            seq.h[0, seq.vis_pos] += vis.deepstack[i][seq.vis_ids].to(seq.h.dtype)
+        lengths += [seq.h.shape[1]] * (stop - start)
+        layers(ad, start, stop, seq, rope, cache, vis.deepstack, segments)
     logits = ad.logits(seq.h[:, -1:]).float()
     clock.lap("prefill_s", "total_s")
     return logits, cache, lengths, keep, stage
+
+
+def layers(ad: Adapter, start: int, stop: int, seq: Sequence, rope, cache, deepstack: list | None, segments) -> None:
+    """Decoder layers start..stop-1 on ``seq.h``: one call each where Qwen3-VL adds its deepstack features
+    after the layer (only the kept tokens' features), the rest through ``segments`` when there is one."""
+    n_deep = len(deepstack) if deepstack is not None else 0
+    i = start
+    while i < stop and (segments is None or i < n_deep):
+        seq.h = ad.layer(i, seq.h, rope, cache)
+        if i < n_deep:
+            seq.h = seq.h.clone()
+            seq.h[0, seq.vis_pos] += deepstack[i][seq.vis_ids].to(seq.h.dtype)
+        i += 1
+    if i < stop:
+        seq.h = segments(i, stop, seq.h, rope, cache)
 
 
 def stage2(ad: Adapter, i: int, seq: Sequence, rope, n: int, stats: VisionStats | None,

@@ -11,6 +11,7 @@ from .config import OccamConfig
 from .engine import Result
 from .inputs import check_question, to_rgb
 from .models import adapter_for
+from .models.graphs import segments_for
 
 __all__ = ["VLM", "Result"]
 
@@ -18,12 +19,18 @@ __all__ = ["VLM", "Result"]
 class VLM:
     """A loaded model + processor. Settings travel with each call: nothing is stored on the model."""
 
-    def __init__(self, model, processor, name: str = "custom"):
+    def __init__(self, model, processor, name: str = "custom", prefill: str = "auto", preprocess: str = "auto"):
+        """``prefill``: how decoder layers run in the prefill: "auto" (CUDA graphs at bucketed lengths on a
+        GPU, eager per-layer calls elsewhere), "eager", "padded" (the graph path's padding, eagerly) or
+        "cuda-graphs". ``preprocess``: "auto" (torchvision image processors on the GPU when torchvision is
+        installed, Pillow otherwise), "pil" or "torchvision"."""
         model.eval()
         self.name = name
         self.model = model
         self.processor = processor
-        self.adapter = adapter_for(model, processor)
+        self.adapter = adapter_for(model, processor, preprocess)
+        self.segments = segments_for(self.adapter, prefill)
+        self.recommended = None     # recommended thresholds (occam.recommended), set by occam.load
 
     @property
     def family(self) -> str:
@@ -46,7 +53,8 @@ class VLM:
         if cfg.uses_stage2:
             cfg.decoder_layer(self.num_layers)  # validates K before any work
         with torch.inference_mode():
-            return engine.run(self.adapter, self.name, image, question, cfg, max_new_tokens, return_cache)
+            return engine.run(self.adapter, self.name, image, question, cfg, max_new_tokens, return_cache,
+                              self.segments)
 
     def calibrate(self, samples: Iterable[tuple[Any, str]], target: float,
                   config: OccamConfig | None = None, tol: float = 0.005, iters: int = 24) -> OccamConfig:

@@ -2,3 +2,7 @@
 import torch
 
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped (and reported as skipped) without one")

@@ -47,7 +47,7 @@ def model_class_for(model_type: str):
     return getattr(transformers, family(model_type).model_class)
 
 
-def adapter_for(model, processor) -> Adapter:
+def adapter_for(model, processor, preprocess: str = "auto") -> Adapter:
     """The adapter of ``model``'s class; TypeError naming the accepted classes otherwise."""
     cls = type(model).__name__
     match = next((f for f in FAMILIES.values() if f.model_class == cls), None)
@@ -56,4 +56,4 @@ def adapter_for(model, processor) -> Adapter:
                         + ", ".join(f.model_class for f in FAMILIES.values()) + ".")
     if processor is None or not hasattr(processor, "tokenizer"):
         raise TypeError(f"A processor with a tokenizer and an image processor is needed for {cls}.")
-    return match.adapter(model, processor)
+    return match.adapter(model, processor, preprocess)

@@ -146,6 +146,20 @@ def rotary_function(module: torch.nn.Module, name: str):
     return getattr(sys.modules[type(module).__module__], name)
 
 
+def _device_processor(processor, preprocess: str, device: torch.device):
+    """The torchvision twin of ``processor`` when ``preprocess`` asks for it (see ``Adapter``), else None."""
+    from .processors import torchvision_twin
+
+    if preprocess not in ("auto", "pil", "torchvision"):
+        raise ValueError(f"preprocess={preprocess!r} is invalid: accepted 'auto', 'pil' or 'torchvision'.")
+    if preprocess == "pil" or (preprocess == "auto" and device.type != "cuda"):
+        return None
+    twin = torchvision_twin(processor)
+    if twin is None and preprocess == "torchvision":
+        raise ValueError("preprocess='torchvision' needs torchvision (pip install torchvision matching your torch).")
+    return twin
+
+
 class Adapter:
     """Base adapter. Per family: ``vision_layer``, ``encode``, ``stats`` (and ``positions`` for M-RoPE).
     Shared: inputs (``prepare``) and the language-model side the engine calls between removals."""
@@ -153,10 +167,13 @@ class Adapter:
     family = "base"
     mrope = False          # positions are (3, L) M-RoPE ids instead of (1, L)
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, preprocess: str = "auto"):
+        """``preprocess``: "pil" (Pillow image processors), "torchvision" (their torchvision twins, run on the
+        model's device), or "auto" (torchvision on a GPU when it is installed, Pillow otherwise)."""
         self.model = model
         self.processor = processor
         self.config = model.config
+        self.device_processor = _device_processor(processor, preprocess, self.device)
         self.lm = model.model.language_model
         # decided once: the cache keyword of the decoder layers ("cache" since transformers 5.2x)
         params = inspect.signature(type(self.lm.layers[0]).forward).parameters
@@ -204,7 +221,10 @@ class Adapter:
     def prepare(self, image, question: str) -> Prepared:
         """The processor's inputs for the family's chat prompt, on the model's device and dtype."""
         prompt = self.build_prompt(question)
-        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        if self.device_processor is not None:
+            inputs = self.device_processor(images=[image], text=[prompt], return_tensors="pt", device=self.device)
+        else:
+            inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

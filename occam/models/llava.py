@@ -31,7 +31,7 @@ def _encoder_layers(tower) -> torch.nn.ModuleList:
 class LlavaAdapter(Adapter):
     family = "llava"
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, preprocess: str = "auto"):
         cfg, vc = model.config, model.config.vision_config
         self.layers = _encoder_layers(model.model.vision_tower)
         feature = cfg.vision_feature_layer
@@ -43,7 +43,7 @@ class LlavaAdapter(Adapter):
         self.n_registers = int(getattr(vc, "num_register_tokens", 0) or 0)   # DINOv2-with-registers
         self.offset = 1 if cfg.vision_feature_select_strategy == "default" else 0   # the LM drops [CLS]
         self.grid = vc.image_size // vc.patch_size
-        super().__init__(model, processor)
+        super().__init__(model, processor, preprocess)
 
     def vision_layer(self) -> torch.nn.Module:
         return self.layers[self.layer_index]

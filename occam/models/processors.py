@@ -91,7 +91,8 @@ class QwenVLProcessor:
         if images is not None:
             flat = _flatten_images(images)
             if flat:
-                image_inputs = dict(self.image_processor(images=flat, return_tensors="pt"))
+                device = {"device": kwargs["device"]} if kwargs.get("device") is not None else {}
+                image_inputs = dict(self.image_processor(images=flat, return_tensors="pt", **device))
                 counts = self.num_image_tokens(image_inputs["image_grid_thw"])
                 texts = self._expand(texts, counts)
         elif any(self.image_token in t for t in texts):
@@ -188,6 +189,29 @@ def _resolve_file(folder, fname: str, **kwargs) -> str | None:
                            _raise_exceptions_for_connection_errors=False, **kwargs)
     except OSError:
         return None
+
+
+#: Pillow image processor -> its torchvision-backed twin in transformers (same settings, runs on a device)
+TORCHVISION_TWINS = {"CLIPImageProcessorPil": "CLIPImageProcessor", "LlavaNextImageProcessorPil": "LlavaNextImageProcessor",
+                     "Qwen2VLImageProcessorPil": "Qwen2VLImageProcessor"}
+
+
+def torchvision_twin(processor):
+    """A shallow copy of ``processor`` whose image processor is the torchvision-backed twin of its Pillow one
+    (same settings; it resizes and normalises on the device it is given), or None without torchvision."""
+    import copy
+
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    name = TORCHVISION_TWINS.get(type(processor.image_processor).__name__)
+    if name is None or not is_torchvision_available():
+        return None
+    settings = {k: v for k, v in processor.image_processor.to_dict().items()
+                if k not in ("image_processor_type", "processor_class", "backend")}
+    twin = copy.copy(processor)
+    twin.image_processor = getattr(transformers, name)(**settings)
+    return twin
 
 
 def load_processor(name_or_path, model_type: str | None = None, **kwargs):

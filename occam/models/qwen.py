@@ -22,11 +22,11 @@ class QwenAdapter(Adapter):
     family = "qwen2_5_vl"
     mrope = True
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, preprocess: str = "auto"):
         self.visual = model.model.visual
         self.layer_index = len(self.visual.blocks) - 1
         self.merge = self.visual.spatial_merge_size
-        super().__init__(model, processor)
+        super().__init__(model, processor, preprocess)
 
     def vision_layer(self) -> torch.nn.Module:
         return self.visual.blocks[self.layer_index]
