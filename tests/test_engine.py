@@ -201,3 +201,17 @@ def test_registry_and_no_import_cycle():
     assert set(archs.HUB_IDS.values()) == {f.hub_id for f in FAMILIES.values()}
     code = "import sys, occam.archs; assert 'occam.loading' not in sys.modules, 'archs imports loading'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_eager_attention_gets_an_explicit_causal_mask(name):
+    model, processor = archs.build(name, attn_implementation="eager")
+    vlm = occam.VLM(model, processor)
+    img = _image(4)
+    inputs = vlm.adapter.prepare(img, QUESTION).inputs
+    with torch.inference_mode():
+        expect = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        logits = model(**inputs).logits[0, -1].float()
+    res = vlm.generate(img, QUESTION, OccamConfig(method="none"), max_new_tokens=4)
+    assert res.token_ids == expect.tolist()
+    torch.testing.assert_close(res.logits, logits, atol=1e-5, rtol=1e-5)

@@ -178,6 +178,8 @@ class Adapter:
         # decided once: the cache keyword of the decoder layers ("cache" since transformers 5.2x)
         params = inspect.signature(type(self.lm.layers[0]).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # decided once: sdpa / flash attention apply their causal kernels, eager needs the mask spelled out
+        self._explicit_mask = self.lm.config._attn_implementation == "eager"
         self.probe = Probe(self.vision_layer())
 
     # -- per family ----------------------------------------------------------------------------
@@ -253,8 +255,8 @@ class Adapter:
 
     def layer(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache) -> torch.Tensor:
         """Decoder layer i on (1, L, D), appending its keys / values to ``cache`` (causal over the L new tokens)."""
-        mask = None   # sdpa / flash attention apply their causal kernels; eager needs the mask spelled out
-        if h.shape[1] > 1 and self.lm.config._attn_implementation == "eager":
+        mask = None
+        if h.shape[1] > 1 and self._explicit_mask:
             mask = torch.full((h.shape[1],) * 2, torch.finfo(h.dtype).min, dtype=h.dtype, device=h.device).triu(1)
             mask = mask[None, None]
         return self.lm.layers[i](h, attention_mask=mask, position_embeddings=rope, **{self._cache_kw: cache})
