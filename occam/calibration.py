@@ -53,7 +53,7 @@ def calibrate(vlm, samples: Iterable[tuple[Any, str]], target: float, config: Oc
         stage = "stage1" if field == "alpha" else "stage2"
         seen = traces(base)
         predicted = lambda t: sum(retention_at(tr, stage, t, base) for tr in seen) / len(seen)  # noqa: E731
-        found = base.replace(**{field: bisect(predicted, goal, 60)})
+        found = base.replace(**{field: snap(bisect(predicted, goal, 60), seen, stage)})
         r = mean_retention(traces(found))
         if abs(r - goal) <= tol or abs(r - predicted(getattr(found, field))) < 1e-9:
             return found
@@ -67,6 +67,20 @@ def calibrate(vlm, samples: Iterable[tuple[Any, str]], target: float, config: Oc
     if use_stage2:
         cfg = solve("beta", cfg, target)
     return cfg
+
+
+def snap(threshold: float, traces: list[Trace], stage: str) -> float:
+    """The geometric middle of the gap between traced scores that ``threshold`` falls in.
+
+    Retention only changes at a score, so every threshold in the gap keeps the same tokens; the middle
+    is the one farthest from the scores (traced to 6 digits), so a real run keeps what was predicted.
+    """
+    scores = sorted({v for tr in traces for v in tr.stage(stage).scores if v is not None and v > 0})
+    below = [v for v in scores if v < threshold]
+    above = [v for v in scores if v >= threshold]
+    if not below or not above:
+        return threshold
+    return math.sqrt(below[-1] * above[0])
 
 
 def retention_at(trace: Trace, stage: str, threshold: float, cfg: OccamConfig) -> float:
