@@ -86,8 +86,8 @@ class GraphSegments(PaddedSegments):
         self.pool = torch.cuda.graph_pool_handle()
 
     def __call__(self, start, stop, h, rope, cache):
-        with self.lock:   # static buffers: one replay and its copy-out at a time
-            return super().__call__(start, stop, h, rope, cache)
+        with self.lock:   # static buffers: one replay and its copy-out (keys / values, hidden states) at a time
+            return super().__call__(start, stop, h, rope, cache).clone()
 
     def _run(self, start, stop, h, rope):
         key = (start, stop, h.shape[1], h.dtype)
