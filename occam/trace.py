@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 def _floats(t, digits: int = 6) -> list:
-    """Tensor -> (nested) list of floats rounded to ``digits`` significant digits, NaN -> None."""
-    def one(v):
-        if isinstance(v, list):
-            return [one(x) for x in v]
-        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(f"{v:.{digits}g}")
-    return [one(v) for v in t.tolist()]
+    """Tensor (1-D or 2-D) -> (nested) list of floats rounded to ``digits`` significant digits, NaN -> None.
+
+    Vectorised: a Stage-II query-attention matrix has tens of thousands of entries on real models.
+    """
+    a = t.detach().double().cpu().numpy()
+    finite = np.isfinite(a)
+    safe = np.where(finite & (a != 0), np.abs(a), 1.0)
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(safe)))
+    rounded = np.where(finite, np.round(a * scale) / scale, np.nan).tolist()
+    clean = lambda row: [None if v != v else v for v in row]  # noqa: E731  (NaN != NaN)
+    return [clean(row) for row in rounded] if a.ndim == 2 else clean(rounded)
 
 
 @dataclass
