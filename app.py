@@ -2,6 +2,7 @@
 
 Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (where to listen; default 127.0.0.1:7860),
 OCCAM_APP_MODEL (model served first, default "toy"), OCCAM_APP_CONCURRENCY (parallel runs, default 2),
+OCCAM_APP_QUEUE (waiting requests before "queue full", default 256; sizing in docs/load.md),
 OCCAM_APP_PRELOAD=0 (do not load the default model at start), OCCAM_APP_CACHE_EXAMPLES (lazy|eager|0).
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 
 from app import backend
 from app.ui import build_demo
@@ -17,6 +19,8 @@ from app.ui import build_demo
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # transformers' deprecation notice for the decoder layers' keyword, raised by every run: not the user's concern
+    warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
     # cached example outputs live with this process (never stale after a model change, nothing in the repo)
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="occam_examples_"))
     if os.environ.get("OCCAM_APP_PRELOAD", "1") != "0":

@@ -1,8 +1,14 @@
-"""The app's backend: settings -> OccamConfig, a thread-safe model cache, full-vs-pruned runs, sweeps.
+"""The app's backend: settings -> OccamConfig, a thread-safe model cache, measured runs, comparisons.
 
 Nothing here imports gradio. Every request carries its own ``Settings``; the only shared state is
 the model cache (a loaded model serves concurrent requests with different configs, see occam.VLM).
 Bad input raises ``ValueError`` (or ``ModelLoadError``) with a message a person can act on.
+
+Settings = the app's own few settings (``APP_SETTINGS``: model, target retention, where the
+thresholds come from, max new tokens, timing repeats) + every field of ``occam.OccamConfig``, derived
+from the dataclass: a new config field becomes a setting (and a UI control) by itself. Here values
+are only COERCED (UI strings / JSON to the field's type, empty -> None for optional fields);
+``OccamConfig`` is the one validator of the knobs' rules.
 """
 from __future__ import annotations
 
@@ -11,24 +17,37 @@ import json
 import logging
 import math
 import os
+import re
+import statistics
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import occam
+from occam import recommended as recommended_mod
 from occam.inputs import check_question, open_image
 
 log = logging.getLogger("occam.app")
 
 Progress = Callable[[float, str], None]
 FIXED_BUDGET_METHODS = ("topk", "fastv", "visionzip", "random")
-REFERENCES = ("register", "mean")
+COMPARED_METHODS = ("occam", "topk", "fastv", "visionzip", "random")
+THRESHOLD_MODES = ("recommended", "this input", "manual")
+THRESHOLD_MODE_HELP = {
+    "recommended": "the model's recommended α/β for the target retention (average over a calibration set)",
+    "this input": "α/β calibrated on this image and question to reach the target retention exactly",
+    "manual": "α/β as typed in the advanced knobs (the target retention is then only the baselines' budget)",
+}
 SWEEP_PARAMS = ("alpha=beta", "alpha", "beta", "target retention")
 DEFAULT_SWEEP_VALUES = {"alpha=beta": "0.25, 0.5, 1, 1.5, 2, 4", "alpha": "0.25, 0.5, 1, 1.5, 2, 4",
                         "beta": "0.25, 0.5, 1, 1.5, 2, 4", "target retention": "0.05, 0.1, 0.25, 0.5, 0.75"}
 MAX_SWEEP_VALUES = 12
 MAX_NEW_TOKENS = 256
+MAX_REPEATS = 10
+DEFAULT_TARGET = 0.25
+# OccamConfig fields the app sets itself: ``retention`` (the fixed-budget methods' budget) is the target retention
+MANAGED_FIELDS = ("retention",)
 
 
 def default_model() -> str:
@@ -53,71 +72,140 @@ def device() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# settings
+# settings: the app's few + OccamConfig's fields
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Knob:
+    """One setting as the app sees it: its name, type, whether empty means None ("auto"), default."""
+
+    name: str
+    kind: str            # "bool", "int", "float", "str"
+    optional: bool       # empty -> None (the config's automatic choice)
+    default: Any
+    app: bool = False    # an app setting, not an OccamConfig field
+
+
+def _kind(f: dataclasses.Field) -> tuple[str, bool]:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    words = set(re.findall(r"[A-Za-z_]+", str(t)))
+    optional = "None" in words or "Optional" in words or f.default is None
+    for kind in ("bool", "int", "float", "str"):
+        if kind in words:
+            return kind, optional
+    d = f.default
+    kind = ("bool" if isinstance(d, bool) else "int" if isinstance(d, int) else
+            "float" if isinstance(d, float) else "str")
+    return kind, optional
+
+
+def config_knobs() -> tuple[Knob, ...]:
+    """Every OccamConfig field the app exposes (all but ``MANAGED_FIELDS``), in the dataclass's order."""
+    out = []
+    for f in dataclasses.fields(occam.OccamConfig):
+        if f.name in MANAGED_FIELDS:
+            continue
+        kind, optional = _kind(f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(Knob(f.name, kind, optional, default))
+    return tuple(out)
+
+
+APP_SETTINGS = (
+    Knob("model", "str", False, None, app=True),            # default: default_model()
+    Knob("target_retention", "float", False, DEFAULT_TARGET, app=True),
+    Knob("thresholds", "str", False, "recommended", app=True),
+    Knob("max_new_tokens", "int", False, 24, app=True),
+    Knob("repeats", "int", False, 3, app=True),
+)
+
+
+def knobs() -> tuple[Knob, ...]:
+    """All settings: the app's, then OccamConfig's."""
+    return APP_SETTINGS + config_knobs()
+
+
+def setting_names() -> tuple[str, ...]:
+    return tuple(k.name for k in knobs())
+
+
+@dataclass(frozen=True)
 class Settings:
-    """What one request asks for. ``target_retention``: for occam, alpha/beta are calibrated on this
-    input to reach it (overriding alpha and beta); for the fixed-budget methods it is their budget."""
+    """What one request asks for: the app's settings and the base ``OccamConfig`` (validated).
+
+    ``target_retention``: the budget. For occam, ``thresholds`` says where alpha / beta come from
+    (``THRESHOLD_MODE_HELP``); for the fixed-budget methods it is their ``retention``.
+    """
 
     model: str = field(default_factory=default_model)
-    method: str = "occam"
-    alpha: float = 1.0
-    beta: float = 1.0
-    stage1: bool = True
-    stage2: bool = True
-    stage2_layer: int | None = None      # None: the library's default (about 1/3 of the depth)
-    reference: str = "register"
-    keep_registers: bool = True
-    min_tokens: int | None = None
-    max_tokens: int | None = None
-    target_retention: float | None = None
+    target_retention: float = DEFAULT_TARGET
+    thresholds: str = "recommended"
     max_new_tokens: int = 24
+    repeats: int = 3
+    config: occam.OccamConfig = field(default_factory=occam.OccamConfig)
+
+    @property
+    def method(self) -> str:
+        return self.config.method
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+        knobs_ = {k: v for k, v in self.config.to_dict().items() if k not in MANAGED_FIELDS}
+        return {"model": self.model, "target_retention": self.target_retention, "thresholds": self.thresholds,
+                "max_new_tokens": self.max_new_tokens, "repeats": self.repeats, **knobs_}
 
 
 def _bad(name: str, value: Any, accepted: str) -> ValueError:
     return ValueError(f"Setting {name}={value!r} is invalid: accepted {accepted}.")
 
 
-def _is_blank(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v.strip().lower() in ("", "auto", "none", "off"))
+def is_blank(v: Any) -> bool:
+    """Empty means "auto" (None) for an optional field: None, "" or "auto". Nothing else, not 0."""
+    return v is None or (isinstance(v, str) and v.strip().lower() in ("", "auto"))
 
 
-def _number(name: str, v: Any, accepted: str) -> float:
+def coerce(knob: Knob, v: Any) -> Any:
+    """A UI / JSON value as the knob's type (no range checks: those are OccamConfig's)."""
+    accepted = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}[knob.kind]
+    if knob.optional:
+        accepted = "empty (auto) or " + accepted
+    if knob.optional and is_blank(v):
+        return None
+    if knob.kind == "bool":
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, (int, float)) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return v.strip().lower() in ("true", "1", "yes", "on")
+        raise _bad(knob.name, v, accepted)
+    if knob.kind == "str":
+        if not isinstance(v, str):
+            raise _bad(knob.name, v, accepted)
+        return v.strip()
     if isinstance(v, bool):
-        raise _bad(name, v, accepted)
+        raise _bad(knob.name, v, accepted)
     try:
         x = float(v.strip()) if isinstance(v, str) else float(v)
     except (TypeError, ValueError):
-        raise _bad(name, v, accepted) from None
+        raise _bad(knob.name, v, accepted) from None
     if not math.isfinite(x):
-        raise _bad(name, v, accepted)
-    return x
+        raise _bad(knob.name, v, accepted)
+    if knob.kind == "int":
+        if x != int(x):
+            raise _bad(knob.name, v, accepted)
+        return int(x)
+    return v if isinstance(v, (int, float)) else x  # a number stays as given (messages quote it as typed)
 
 
-def _integer(name: str, v: Any, accepted: str, optional: bool = True, minimum: int = 0) -> int | None:
-    if optional and _is_blank(v):
-        return None
-    x = _number(name, v, accepted)
-    if x != int(x) or x < minimum:
-        raise _bad(name, v, accepted)
-    return int(x)
-
-
-def _flag(name: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        return v.strip().lower() in ("true", "1", "yes", "on")
-    raise _bad(name, v, "true or false")
+def _check_app(name: str, v: Any) -> None:
+    """The rules of the app's own settings (the knobs' rules are OccamConfig's)."""
+    if name == "target_retention" and not 0 < v <= 1:
+        raise _bad(name, v, "a retention in (0, 1] (e.g. 0.25 for 25%)")
+    if name == "thresholds" and v not in THRESHOLD_MODES:
+        raise _bad(name, v, "one of " + ", ".join(map(repr, THRESHOLD_MODES)))
+    if name == "max_new_tokens" and not 1 <= v <= MAX_NEW_TOKENS:
+        raise _bad(name, v, f"an integer from 1 to {MAX_NEW_TOKENS}")
+    if name == "repeats" and not 1 <= v <= MAX_REPEATS:
+        raise _bad(name, v, f"an integer from 1 to {MAX_REPEATS} (timed repeats after one warm-up)")
 
 
 def parse_settings(raw: Mapping[str, Any] | str | Settings | None = None) -> Settings:
@@ -133,63 +221,31 @@ def parse_settings(raw: Mapping[str, Any] | str | Settings | None = None) -> Set
             raise ValueError(f"Settings are not valid JSON ({e.msg} at position {e.pos}).") from None
     if not isinstance(raw, Mapping):
         raise ValueError(f"Settings must be a JSON object of name: value, got {type(raw).__name__}.")
-    unknown = sorted(set(raw) - set(SETTING_NAMES))
+    names = setting_names()
+    unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise ValueError(f"Unknown setting(s) {', '.join(map(repr, unknown))}: accepted {', '.join(SETTING_NAMES)}.")
-    d = Settings()
-    out: dict[str, Any] = {}
-    model = raw.get("model")
-    if model is None or (isinstance(model, str) and not model.strip()):
-        model = d.model
-    if not isinstance(model, str):
-        raise _bad("model", model, "a model name: 'toy', a hub id or a local folder")
-    out["model"] = model.strip()
-    method = raw.get("method", d.method)
-    if not isinstance(method, str) or method.strip() not in occam.METHODS:
-        raise _bad("method", method, "one of " + ", ".join(occam.METHODS))
-    out["method"] = method.strip()
-    for name in ("alpha", "beta"):
-        v = raw.get(name, getattr(d, name))
-        x = _number(name, v, "a finite number > 0")
-        if x <= 0:
-            raise _bad(name, v, "a finite number > 0")
-        out[name] = x
-    for name in ("stage1", "stage2", "keep_registers"):
-        out[name] = _flag(name, raw.get(name, getattr(d, name)))
-    out["stage2_layer"] = _integer("stage2_layer", raw.get("stage2_layer"),
-                                   "empty/'auto' or an integer >= 0 (a decoder layer index)")
-    ref = raw.get("reference", d.reference)
-    if ref not in REFERENCES:
-        raise _bad("reference", ref, "'register' or 'mean'")
-    out["reference"] = ref
-    for name in ("min_tokens", "max_tokens"):
-        v = raw.get(name)
-        out[name] = None if _is_blank(v) or v == 0 else _integer(name, v, "empty or an integer >= 1", minimum=1)
-    if out["min_tokens"] and out["max_tokens"] and out["min_tokens"] > out["max_tokens"]:
-        raise _bad("min_tokens", out["min_tokens"], f"a value <= max_tokens ({out['max_tokens']})")
-    tr = raw.get("target_retention")
-    if _is_blank(tr) or tr == 0:
-        out["target_retention"] = None
-    else:
-        x = _number("target_retention", tr, "empty or a retention in (0, 1] (e.g. 0.25 for 25%)")
-        if not 0 < x <= 1:
-            raise _bad("target_retention", tr, "empty or a retention in (0, 1] (e.g. 0.25 for 25%)")
-        out["target_retention"] = x
-    out["max_new_tokens"] = _integer("max_new_tokens", raw.get("max_new_tokens", d.max_new_tokens),
-                                     f"an integer from 1 to {MAX_NEW_TOKENS}", optional=False, minimum=1)
-    if out["max_new_tokens"] > MAX_NEW_TOKENS:
-        raise _bad("max_new_tokens", out["max_new_tokens"], f"an integer from 1 to {MAX_NEW_TOKENS}")
-    if out["method"] in ("occam", "topk") and not (out["stage1"] or out["stage2"]):
-        raise ValueError(f"Method {out['method']!r} needs at least one of Stage I / Stage II switched on.")
-    return Settings(**out)
-
-
-def build_config(s: Settings) -> occam.OccamConfig:
-    """The OccamConfig of the pruned run (before any calibration); its ValueErrors pass through."""
-    retention = s.target_retention if s.target_retention and s.method in FIXED_BUDGET_METHODS else 0.5
-    return occam.OccamConfig(method=s.method, alpha=s.alpha, beta=s.beta, stage1=s.stage1, stage2=s.stage2,
-                             stage2_layer=s.stage2_layer, reference=s.reference, keep_registers=s.keep_registers,
-                             min_tokens=s.min_tokens, max_tokens=s.max_tokens, retention=retention)
+        raise ValueError(f"Unknown setting(s) {', '.join(map(repr, unknown))}: accepted {', '.join(names)}.")
+    app: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for knob in knobs():
+        if knob.name not in raw:
+            continue
+        v = raw[knob.name]
+        if knob.name == "model":
+            if v is None or (isinstance(v, str) and not v.strip()):
+                continue
+            if not isinstance(v, str):
+                raise _bad("model", v, "a model name: 'toy', a hub id or a local folder")
+        if knob.app and knob.name != "model" and v is None:
+            continue  # an app setting left empty: its default
+        x = coerce(knob, v)
+        if knob.app:
+            _check_app(knob.name, x)
+            app[knob.name] = x
+        else:
+            config[knob.name] = x
+    cfg = occam.OccamConfig(**config)  # the one validator of the knobs (ValueError names the rule)
+    return Settings(**app, config=cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +277,11 @@ class ModelCache:
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._models)
+
+    def peek(self, name: str):
+        """The loaded model for ``name`` if it is loaded, else None (never loads)."""
+        with self._lock:
+            return self._models.get(name)
 
     def get(self, name: str, progress: Progress | None = None):
         """The loaded model for ``name``, loading it on first use."""
@@ -261,7 +322,7 @@ class ModelCache:
 
 
 def _warm_up(vlm: Any) -> None:
-    """One tiny run right after loading, so that the first request's timings are not a cold start."""
+    """One tiny run right after loading, so that the first request does not pay for lazy initialisation."""
     try:
         from PIL import Image
         vlm.generate(Image.new("RGB", (64, 64), (128, 128, 128)), "warm up", max_new_tokens=1)
@@ -273,7 +334,7 @@ MODELS = ModelCache()
 
 
 # ---------------------------------------------------------------------------------------------
-# runs
+# inputs, budgets, answers
 # ---------------------------------------------------------------------------------------------
 def _noop(_: float, __: str = "") -> None:
     return None
@@ -291,11 +352,169 @@ def load_inputs(image: Any, question: Any):
     return img, check_question(question)
 
 
+def check_reference(reference: Any) -> str | None:
+    """A reference answer typed by a person (or shipped with an example): None when empty."""
+    if reference is None:
+        return None
+    if not isinstance(reference, str):
+        raise ValueError(f"The reference answer must be text, got {type(reference).__name__}.")
+    ref = " ".join(reference.split())
+    if len(ref) > 200:
+        raise ValueError(f"The reference answer is too long ({len(ref)} characters); the limit is 200.")
+    return ref or None
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", (text or "").lower())
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two answers agree when their words are equal (case, punctuation and spacing ignored)."""
+    return _words(a) == _words(b)
+
+
+def matches_reference(answer: str, reference: str | None) -> bool | None:
+    """True when the answer's words equal the reference's, or contain them as a whole-word run
+    ("There are four circles." matches "four"); None without a reference."""
+    if not reference:
+        return None
+    a, r = _words(answer), _words(reference)
+    if not r:
+        return None
+    return any(a[i:i + len(r)] == r for i in range(len(a) - len(r) + 1))
+
+
+def agreement(full_text: str, pruned_text: str, reference: str | None) -> dict:
+    return {"same": same_answer(full_text, pruned_text), "reference": reference,
+            "full_correct": matches_reference(full_text, reference),
+            "pruned_correct": matches_reference(pruned_text, reference),
+            "rule": "answers agree when their words are equal (case and punctuation ignored); an answer "
+                    "matches the reference when it contains the reference's words as a whole-word run"}
+
+
+def _changed_knobs(cfg: occam.OccamConfig, base: Mapping) -> list[str]:
+    """Knobs (other than thresholds, method, budget, seed, chunking) that differ from ``base``."""
+    skip = {"alpha", "beta", "method", "retention", "seed", "attn_chunk", "fastv_layer", "visionzip_contextual"}
+    usable = recommended_mod.usable_knobs(dict(base))
+    return [k for k, v in usable.items() if k not in skip and getattr(cfg, k, v) != v]
+
+
+def resolve_budget(s: Settings, vlm: Any, img: Any = None, question: str | None = None,
+                   target: float | None = None, mode: str | None = None) -> tuple[occam.OccamConfig, dict]:
+    """The pruned run's OccamConfig for a target retention, and where its thresholds come from.
+
+    occam: ``mode`` (default ``s.thresholds``) picks the model's recommended alpha / beta (fallback when
+    the model has none: alpha = beta = 1, METHOD.md section 8), a calibration on this input, or the
+    typed alpha / beta. Fixed-budget methods: ``retention`` = the target. ``none``: as is.
+    """
+    t = s.target_retention if target is None else target
+    mode = mode or s.thresholds
+    cfg = s.config
+    info: dict[str, Any] = {"method": cfg.method, "target": t, "mode": mode if cfg.method == "occam" else "budget"}
+    if cfg.method in FIXED_BUDGET_METHODS:
+        cfg = cfg.replace(retention=t)
+        info["note"] = f"fixed budget: {100 * t:.0f}% of the visual tokens of every input"
+    elif cfg.method == "occam":
+        if mode == "manual":
+            info["note"] = f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, set by hand (the target retention is not used)"
+        elif mode == "this input":
+            cfg = vlm.calibrate([(img, question)], t, config=cfg)
+            info["note"] = (f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, calibrated on this image and question to "
+                            f"{100 * t:.0f}% retention")
+        else:
+            rec = getattr(vlm, "recommended", None)
+            if rec is None:
+                cfg = cfg.replace(alpha=recommended_mod.FALLBACK["alpha"], beta=recommended_mod.FALLBACK["beta"])
+                info.update(source=None, note=f"α = β = 1: {recommended_mod.FALLBACK_RULE} (the target retention "
+                                             "is not used; calibrate on this input or type α/β instead)")
+            else:
+                alpha, beta, how = rec.thresholds(t)
+                cfg = cfg.replace(alpha=alpha, beta=beta)
+                entry = rec.entry(t)
+                measured = (f", {100 * entry.measured_retention:.1f}% on average there"
+                            if entry is not None and entry.measured_retention is not None else "")
+                what = {"exact": "", "interpolated": " (interpolated in log between the file's targets)",
+                        "clamped": " (outside the file's targets: the nearest one's thresholds)"}[how]
+                info.update(source=rec.source, how=how, calibration=rec.calibration.get("set"))
+                info["note"] = (f"α = {alpha:.4g}, β = {beta:.4g}: recommended for {100 * t:.0f}% average retention"
+                                f"{what}, calibrated on {rec.calibration.get('set', '?')}{measured}; this input keeps "
+                                "as many tokens as its evidence warrants")
+                changed = _changed_knobs(cfg, rec.base)
+                if changed:
+                    info["note"] += (f". Calibrated with other values of {', '.join(changed)}: the retention will "
+                                     "differ from the target")
+    else:
+        info["note"] = "no pruning (the full model)"
+    info.update(alpha=cfg.alpha if cfg.method == "occam" else None, beta=cfg.beta if cfg.method == "occam" else None)
+    return cfg, info
+
+
+# ---------------------------------------------------------------------------------------------
+# timing: warm-up, then repeated, alternated runs
+# ---------------------------------------------------------------------------------------------
+TIMED = ("vision_s", "scoring_s", "prefill_s", "decode_s", "total_s")
+
+
+def _spread(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def measure(vlm: Any, img: Any, question: str, full_cfg: occam.OccamConfig, cfg: occam.OccamConfig,
+            max_new_tokens: int, repeats: int, progress: Progress = _noop) -> tuple[Any, Any, dict]:
+    """Full and pruned runs: one untimed warm-up pair, then ``repeats`` timed pairs in alternating order.
+
+    Returns the last full and pruned results (greedy decoding: every run gives the same answer) and
+    the timing summary: per run kind, median / min / max of each timing over the ``repeats`` runs,
+    and per pair the full / pruned ratio of prefill and total time (median / min / max).
+    """
+    gen = lambda c: vlm.generate(img, question, config=c, max_new_tokens=max_new_tokens)  # noqa: E731
+    progress(0.3, "warm-up (full and pruned, not timed) ...")
+    full, pruned = gen(full_cfg), gen(cfg)
+    texts = {(full.text, pruned.text)}
+    runs: dict[str, list[dict]] = {"full": [], "pruned": []}
+    for i in range(repeats):
+        progress(0.35 + 0.55 * i / repeats, f"timed pair {i + 1} of {repeats} ...")
+        order = ("full", "pruned") if i % 2 == 0 else ("pruned", "full")
+        for kind in order:
+            res = gen(full_cfg if kind == "full" else cfg)
+            runs[kind].append(dict(res.trace.timings))
+            if kind == "full":
+                full = res
+            else:
+                pruned = res
+        texts.add((full.text, pruned.text))
+    if len(texts) > 1:  # pragma: no cover - greedy decoding is deterministic
+        log.warning("repeated runs gave different answers: %s", texts)
+    ratio = lambda key: [f[key] / p[key] for f, p in zip(runs["full"], runs["pruned"])  # noqa: E731
+                         if f.get(key) and p.get(key)]
+    timing = {"n": repeats, "warmup": 1, "order": "alternating (full, pruned), (pruned, full), ...",
+              "full": {k: _spread([r.get(k) for r in runs["full"]]) for k in TIMED},
+              "pruned": {k: _spread([r.get(k) for r in runs["pruned"]]) for k in TIMED},
+              "ratio": {"prefill": _spread(ratio("prefill_s")), "total": _spread(ratio("total_s"))}}
+    return full, pruned, timing
+
+
+def estimates(full_trace: Any, pruned_trace: Any) -> dict:
+    """Full / pruned ratios computed from token counts (not measured): prefill FLOPs and KV-cache bytes."""
+    f = full_trace.to_dict() if hasattr(full_trace, "to_dict") else dict(full_trace)
+    p = pruned_trace.to_dict() if hasattr(pruned_trace, "to_dict") else dict(pruned_trace)
+    fl = lambda t: (t.get("flops") or {}).get("prefill")  # noqa: E731
+    r = lambda a, b: a / b if a and b else None  # noqa: E731
+    return {"flops": r(fl(f), fl(p)), "kv_cache": r(f.get("kv_cache_bytes"), p.get("kv_cache_bytes")),
+            "flops_full": fl(f), "flops_pruned": fl(p),
+            "kv_full": f.get("kv_cache_bytes"), "kv_pruned": p.get("kv_cache_bytes")}
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------
 def _summary(res) -> dict:
     t = res.trace
     return {"answer": res.text, "token_ids": list(res.token_ids), "visual_tokens": t.counts.get("visual"),
             "kept_tokens": t.counts.get("final"), "retention": t.counts.get("retention"),
-            "prefill_s": t.timings.get("prefill_s"), "total_s": t.timings.get("total_s"),
             "trace": t.to_dict()}
 
 
@@ -310,36 +529,104 @@ class Comparison:
     model: str
     family: str
     device: str
-    full: Any       # occam.Result
-    pruned: Any     # occam.Result
+    full: Any       # occam.Result (the last timed run)
+    pruned: Any     # occam.Result (the last timed run)
+    timing: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    reference: str | None = None
+
+    @property
+    def agreement(self) -> dict:
+        return agreement(self.full.text, self.pruned.text, self.reference)
+
+    def speedup(self) -> dict:
+        """Measured (median of n timed pairs after a warm-up, with min-max) and estimated ratios."""
+        return {"measured": {"n": self.timing.get("n"), "warmup": self.timing.get("warmup"),
+                             **(self.timing.get("ratio") or {})},
+                "estimated": {k: v for k, v in estimates(self.full.trace, self.pruned.trace).items()
+                              if k in ("flops", "kv_cache")}}
 
     def to_dict(self) -> dict:
-        from .render import speedup
         return {"model": self.model, "family": self.family, "device": self.device, "question": self.question,
-                "settings": self.settings.to_dict(), "config": self.config.to_dict(),
-                "full": _summary(self.full), "pruned": _summary(self.pruned),
-                "speedup": speedup(self.full.trace, self.pruned.trace)}
+                "settings": self.settings.to_dict(), "config": self.config.to_dict(), "budget": self.budget,
+                "full": _summary(self.full), "pruned": _summary(self.pruned), "agreement": self.agreement,
+                "timing": self.timing, "speedup": self.speedup(),
+                "estimates": estimates(self.full.trace, self.pruned.trace)}
 
 
 def run_compare(image: Any, question: Any, settings: Mapping | Settings | str | None = None,
-                progress: Progress | None = None, cache: ModelCache | None = None) -> Comparison:
-    """One request: the full model (method none) and the pruned run on the same input."""
+                progress: Progress | None = None, cache: ModelCache | None = None,
+                reference: Any = None) -> Comparison:
+    """One request: the full model (method none) and the pruned run on the same input, timed."""
     progress = progress or _noop
     cache = cache or MODELS
     s = parse_settings(settings)
-    cfg = build_config(s)
+    ref = check_reference(reference)
     img, q = load_inputs(image, question)
     vlm = cache.get(s.model, progress)
-    if s.method == "occam" and s.target_retention:
-        progress(0.15, f"calibrating alpha/beta to {100 * s.target_retention:.0f}% retention ...")
-        cfg = vlm.calibrate([(img, q)], s.target_retention, config=cfg)
-    progress(0.3, "full model (method none) ...")
-    full = vlm.generate(img, q, config=occam.OccamConfig(method="none"), max_new_tokens=s.max_new_tokens)
-    progress(0.65, f"pruned run (method {s.method}) ...")
-    pruned = vlm.generate(img, q, config=cfg, max_new_tokens=s.max_new_tokens)
+    if s.method == "occam" and s.thresholds == "this input":
+        progress(0.15, f"calibrating α/β to {100 * s.target_retention:.0f}% retention on this input ...")
+    cfg, budget = resolve_budget(s, vlm, img, q)
+    full, pruned, timing = measure(vlm, img, q, occam.OccamConfig(method="none"), cfg, s.max_new_tokens,
+                                   s.repeats, progress)
     progress(0.95, "rendering ...")
     return Comparison(image=img, question=q, settings=s, config=cfg, model=s.model, family=vlm.family,
-                      device=device(), full=full, pruned=pruned)
+                      device=device(), full=full, pruned=pruned, timing=timing, budget=budget, reference=ref)
+
+
+@dataclass
+class MethodRuns:
+    """One input under every pruning method at the same retention, beside the full model."""
+
+    image: Any
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def run_methods(image: Any, question: Any, settings: Mapping | Settings | str | None = None,
+                progress: Progress | None = None, cache: ModelCache | None = None,
+                reference: Any = None, methods: tuple[str, ...] = COMPARED_METHODS) -> MethodRuns:
+    """occam (alpha / beta calibrated on this input to the target retention) and the fixed-budget
+    baselines at that target, each with its answer and kept-token mask, plus the full model's answer.
+
+    The other knobs (stages, reference, registers, layers, seed) are the request's; the method and the
+    thresholds mode are set here. One run per method (answers and masks, no timing).
+    """
+    progress = progress or _noop
+    cache = cache or MODELS
+    s = parse_settings(settings)
+    ref = check_reference(reference)
+    bad = [m for m in methods if m not in occam.METHODS or m == "none"]
+    if bad or not methods:
+        raise ValueError(f"Methods {bad} are invalid: accepted {', '.join(COMPARED_METHODS)}.")
+    img, q = load_inputs(image, question)
+    vlm = cache.get(s.model, progress)
+    t = s.target_retention
+    progress(0.1, "full model (method none) ...")
+    full = vlm.generate(img, q, config=occam.OccamConfig(method="none"), max_new_tokens=s.max_new_tokens)
+    rows = []
+    for i, m in enumerate(methods):
+        progress(0.15 + 0.8 * i / len(methods), f"{m} ..." + (" (calibrating α/β on this input)" if m == "occam"
+                                                            else ""))
+        ms = dataclasses.replace(s, config=s.config.replace(method=m))
+        cfg, budget = resolve_budget(ms, vlm, img, q, mode="this input")
+        res = vlm.generate(img, q, config=cfg, max_new_tokens=s.max_new_tokens)
+        c = res.trace.counts
+        rows.append({"method": m, "answer": res.text, "kept": c["final"], "visual": c["visual"],
+                     "retention": c["retention"], "same_as_full": same_answer(res.text, full.text),
+                     "correct": matches_reference(res.text, ref), "alpha": budget.get("alpha"),
+                     "beta": budget.get("beta"), "note": budget.get("note"), "config": cfg.to_dict(),
+                     "trace": res.trace.to_dict()})
+    progress(1.0, "done")
+    data = {"model": s.model, "family": vlm.family, "question": q, "target_retention": t, "reference": ref,
+            "full": {"answer": full.text, "visual_tokens": full.trace.counts["visual"],
+                     "correct": matches_reference(full.text, ref), "trace": full.trace.to_dict()},
+            "rows": rows, "settings": s.to_dict(),
+            "rule": "occam: α/β calibrated on this image and question to the target; topk, fastv, visionzip, "
+                    "random: a fixed budget of the target share of the visual tokens"}
+    return MethodRuns(image=img, data=data)
 
 
 def parse_sweep_values(values: Any, param: str) -> list[float]:
@@ -356,10 +643,10 @@ def parse_sweep_values(values: Any, param: str) -> list[float]:
         if item == "":
             continue
         try:
-            x = _number("sweep value", item, accepted)
-        except ValueError:
+            x = float(item) if not isinstance(item, bool) else math.nan
+        except (TypeError, ValueError):
             x = math.nan
-        if not x > 0 or (param == "target retention" and x > 1):
+        if not x > 0 or not math.isfinite(x) or (param == "target retention" and x > 1):
             raise ValueError(f"Sweep value {item!r} is invalid for {param}: accepted {accepted}.")
         out.append(x)
     out = sorted(dict.fromkeys(out))
@@ -372,7 +659,11 @@ def parse_sweep_values(values: Any, param: str) -> list[float]:
 
 def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | None, param: str, values: Any,
               progress: Progress | None = None, cache: ModelCache | None = None) -> dict:
-    """Answers and kept-token counts of the pruned run across a range of alpha / beta / retention."""
+    """Answers and kept-token counts of the pruned run across a range of alpha / beta / target retention.
+
+    alpha / beta sweeps start from the thresholds the settings resolve to and set the swept one(s);
+    a target-retention sweep resolves the budget at each target (same thresholds mode).
+    """
     progress = progress or _noop
     cache = cache or MODELS
     s = parse_settings(settings)
@@ -382,11 +673,11 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
     if param != "target retention" and s.method != "occam":
         raise ValueError(f"Sweeping {param} needs method 'occam' ({s.method!r} has a fixed budget): "
                          "sweep 'target retention' instead.")
-    base = build_config(s)
     img, q = load_inputs(image, question)
     vlm = cache.get(s.model, progress)
     progress(0.05, "full model (method none) ...")
     full = vlm.generate(img, q, config=occam.OccamConfig(method="none"), max_new_tokens=s.max_new_tokens)
+    base = None if param == "target retention" else resolve_budget(s, vlm, img, q)[0]
     rows = []
     for i, v in enumerate(vals):
         progress(0.1 + 0.85 * i / len(vals), f"{param} = {v:g} ({i + 1}/{len(vals)}) ...")
@@ -394,16 +685,104 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
             cfg = base.replace(alpha=v, beta=v)
         elif param in ("alpha", "beta"):
             cfg = base.replace(**{param: v})
-        elif s.method == "occam":
-            cfg = vlm.calibrate([(img, q)], v, config=base)
         else:
-            cfg = base.replace(retention=v)
+            cfg, _ = resolve_budget(s, vlm, img, q, target=v)
         res = vlm.generate(img, q, config=cfg, max_new_tokens=s.max_new_tokens)
         c = res.trace.counts
         rows.append({"value": v, "alpha": cfg.alpha if s.method == "occam" else None,
                      "beta": cfg.beta if s.method == "occam" else None, "kept": c["final"],
-                     "retention": c["retention"], "answer": res.text, "same_as_full": res.text == full.text,
-                     "prefill_s": res.trace.timings.get("prefill_s")})
+                     "retention": c["retention"], "answer": res.text,
+                     "same_as_full": same_answer(res.text, full.text)})
     progress(1.0, "done")
     return {"param": param, "method": s.method, "model": s.model, "question": q,
+            "thresholds": s.thresholds if s.method == "occam" else None,
             "full": {"answer": full.text, "visual_tokens": full.trace.counts["visual"]}, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# the token inspector (reads a trace's JSON form)
+# ---------------------------------------------------------------------------------------------
+STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "fastv": "FastV", "visionzip": "VisionZip",
+               "random": "Random"}
+
+
+def token_at(trace: Mapping, x: float, y: float) -> int | None:
+    """The visual token whose box (original pixels) contains (x, y); the smallest such box wins
+    (LLaVA-NeXT: a high-res tile's token over the base image's); None outside every box."""
+    best, area = None, math.inf
+    for j, box in enumerate(trace.get("boxes") or []):
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        if x0 <= x < x1 and y0 <= y < y1 and (x1 - x0) * (y1 - y0) < area:
+            best, area = j, (x1 - x0) * (y1 - y0)
+    return best
+
+
+def inspect_token(trace: Mapping, j: Any, top: int = 5) -> dict:
+    """Everything the trace says about visual token ``j``: per stage its score, rank among the stage's
+    candidates, the threshold and decision, the register reference it was tested against and, for
+    Stage II, the question tokens that attended to it most (when the trace records them)."""
+    n = trace["num_visual"]
+    if isinstance(j, bool) or not isinstance(j, (int, float)) or j != int(j) or not 0 <= int(j) < n:
+        raise ValueError(f"Token {j!r} is invalid: accepted an index from 0 to {n - 1} (or click the image).")
+    j = int(j)
+    kinds, grid, boxes = trace.get("kinds") or [], trace.get("grid") or [], trace.get("boxes") or []
+    out: dict[str, Any] = {"token": j, "kind": kinds[j] if j < len(kinds) else "patch",
+                           "grid": grid[j] if j < len(grid) else None, "box": boxes[j] if j < len(boxes) else None,
+                           "final": bool((trace.get("kept") or [True] * n)[j]), "stages": [],
+                           "method": (trace.get("config") or {}).get("method")}
+    alive = [True] * n
+    for st in trace.get("stages") or []:
+        scores = st.get("scores") or []
+        s = scores[j] if j < len(scores) else None
+        s = None if s is None or (isinstance(s, float) and not math.isfinite(s)) else float(s)
+        regs = [int(r) for r in st.get("registers") or []]
+        kept = bool(st["kept"][j]) if st.get("kept") else alive[j]
+        entered = alive[j]
+        cands = [c for c in st.get("candidates") or [] if alive[c] and c < len(scores) and scores[c] is not None]
+        rank = None
+        if s is not None and entered and j in cands:
+            rank = 1 + sum(1 for c in cands if scores[c] > s)
+        if not entered:
+            decision = "dropped at an earlier stage"
+        elif j in regs:
+            decision = "register (reference), " + ("kept" if kept else "dropped")
+        else:
+            decision = "kept" if kept else "dropped"
+        info = {"stage": st["name"], "label": STAGE_NAMES.get(st["name"], st["name"]), "layer": st.get("layer"),
+                "entered": entered, "score": s, "rank": rank, "of": len(cands), "threshold": st.get("threshold"),
+                "threshold_kind": ("relative threshold" if st.get("reference_kind") != "budget"
+                                   else "lowest kept score (fixed budget)"),
+                "decision": decision, "rail": st.get("rail"), "reference_kind": st.get("reference_kind"),
+                "reference": st.get("reference"), "registers": regs, "register_source": st.get("register_source"),
+                "is_register": j in regs}
+        merged = st.get("merged_into")
+        if merged and j < len(merged) and merged[j] is not None:
+            info["merged_into"] = merged[j]
+        ra = st.get("register_attention")
+        if ra and j < len(ra) and ra[j] is not None:
+            info["register_attention"] = ra[j]
+        if st["name"] in ("stage2", "fastv"):
+            info["question_tokens"], info["question_note"] = _question_tokens(st, j, top, entered)
+        out["stages"].append(info)
+        alive = [bool(k) for k in st["kept"]] if st.get("kept") else alive
+    if not out["stages"]:
+        out["note"] = "This run has no pruning stage (method none): every token is kept."
+    return out
+
+
+def _question_tokens(st: Mapping, j: int, top: int, entered: bool) -> tuple[list | None, str]:
+    rows, toks = st.get("query_attention"), st.get("query_tokens")
+    if not rows or not toks:
+        return None, "not available for this method (the trace records no per-question-token attention)"
+    if not entered:
+        return None, "this token did not reach the layer (dropped earlier)"
+    vals = [(str(t), float(r[j])) for t, r in zip(toks, rows)
+            if r is not None and j < len(r) and r[j] is not None and math.isfinite(r[j])]
+    if not vals:
+        return None, "no attention recorded for this token at this layer"
+    total = sum(v for _, v in vals) or 1.0
+    ranked = sorted(vals, key=lambda tv: -tv[1])[:top]
+    return ([{"token": t, "attention": v, "share": v / total} for t, v in ranked],
+            f"head-averaged attention from each question row to this token at layer {st.get('layer')}")

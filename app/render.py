@@ -39,7 +39,11 @@ THRESHOLD_SYMBOL = {"stage1": "α", "stage2": "β"}
 KEPT_RGBA = (46, 204, 113, 70)       # kept tokens: light green tint
 DROPPED_RGBA = (15, 15, 30, 185)     # dropped tokens: darkened
 REGISTER_RGB = (255, 0, 200)         # register outlines
-EVIDENCE_SCALE = "RdBu_r"            # blue below the threshold, red above
+EVIDENCE_SCALE = "evidence"          # name of the split scale below (also used for the PNG overlays)
+# log(s) centred on the threshold: one hue below it (blue), another above it (orange-red), light at it
+EVIDENCE_STOPS = ((0.0, (8, 48, 107)), (0.5, (198, 219, 239)), (0.5, (254, 230, 206)), (1.0, (165, 15, 21)))
+EVIDENCE_COLORSCALE = [[t, f"rgb{c}"] for t, c in EVIDENCE_STOPS]
+DIM_RGBA = (15, 15, 30, 110)         # dropped at this stage: dimmed (the evidence colour still shows through)
 ATTENTION_SCALE = "Inferno"
 BACKGROUND_MAX_SIDE = 768            # the figure's background image is downscaled to this (display only)
 STRIP_SIDE_FRAC = 0.045              # size of a box-less token's square, as a share of the image width
@@ -257,20 +261,52 @@ def view_values(trace: Mapping, view: str) -> dict:
     if not finite:
         return {**base, "values": [None] * n, "empty": True,
                 "title": f"{head}<br><sup>no evidence score: the method keeps a random subset</sup>"}
-    lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
-    if thr is not None:  # diverging scale centred on the threshold: white = at it, red = above, blue = below
-        half = max(thr - lo, hi - thr, 1e-6 * max(abs(thr), 1.0))
-        zmin, zmax, zmid = thr - half, thr + half, thr
-    else:
-        zmin, zmax, zmid = lo, max(hi, lo + 1e-12), None
     ref = st.get("reference_kind")
     what = "s = e/ρ" if st["name"] in THRESHOLD_SYMBOL and ref != "budget" else "score"
     thr_txt = f"{_threshold_label(st)} = {_fmt(thr)}"
     alive = _alive_before(trace, st)
-    return {"kind": "continuous", "values": scores, "zmin": zmin, "zmax": zmax, "zmid": zmid,
-            "colorscale": EVIDENCE_SCALE, "colorbar": what, "registers": sorted(regs),
+    logs, centre, half = log_scores(scores, thr)
+    kept_here = st.get("kept") or [True] * n
+    return {"kind": "continuous", "values": logs, "scores": scores, "zmin": centre - half, "zmax": centre + half,
+            "zmid": centre, "colorscale": EVIDENCE_COLORSCALE, "colorbar": what, "registers": sorted(regs),
+            "threshold": thr, "threshold_label": _threshold_label(st), "log": True,
             "earlier": [j for j in range(n) if not alive[j]],
-            "title": f"{head} evidence<br><sup>{what}, reference: {ref} · threshold {thr_txt}</sup>"}
+            "dropped": [j for j in range(n) if alive[j] and not kept_here[j]],
+            "title": f"{head} evidence<br><sup>{what} on a log scale, centred on the threshold {thr_txt} "
+                     f"(reference: {ref})</sup>"}
+
+
+def log_scores(scores: list, threshold: float | None) -> tuple[list, float, float]:
+    """log10 of each score (None stays None; scores <= 0 are clipped to a tenth of the smallest positive
+    one), the centre log10(threshold) (the median score without a threshold) and a half-range covering
+    the 1st-99th percentile on both sides (at least a factor of 2), so the threshold sits in the middle."""
+    pos = [s for s in scores if s is not None and s > 0]
+    floor = (min(pos) / 10) if pos else 1e-6
+    logs = [None if s is None else math.log10(max(s, floor)) for s in scores]
+    finite = [v for v in logs if v is not None]
+    if threshold is not None and threshold > 0:
+        centre = math.log10(threshold)
+    else:
+        centre = float(np.median(finite)) if finite else 0.0
+    lo, hi = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite else (centre, centre)
+    half = max(centre - lo, hi - centre, math.log10(2))
+    return logs, centre, half
+
+
+def log_ticks(centre: float, half: float, threshold: float | None, label: str) -> tuple[list, list]:
+    """Colour-bar ticks in score units on the log scale, the threshold marked."""
+    vals, text = [], []
+    lo, hi = centre - half, centre + half
+    for e in range(math.floor(lo) - 1, math.ceil(hi) + 1):
+        for m in (1, 2, 5):
+            v = math.log10(m) + e
+            if lo - 1e-9 <= v <= hi + 1e-9 and abs(v - centre) > 0.08 * half:
+                vals.append(v)
+                text.append(f"{m * 10.0 ** e:g}")
+    if threshold is not None and threshold > 0:
+        vals.append(math.log10(threshold))
+        text.append(f"◀ {label} = {_fmt(threshold)}")
+    return vals, text
 
 
 def _rgba(c: tuple[int, int, int, int]) -> str:
@@ -310,11 +346,13 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
     grids = tile_grids(trace)
     multi = len(grids) > 1
     earlier = set(spec.get("earlier") or [])
+    dropped = set(spec.get("dropped") or [])
     shown_scale = False
     for k, g in enumerate(grids):
         ny, nx = len(g["y"]) - 1, len(g["x"]) - 1
         z = np.full((ny, nx), np.nan)
         gone = np.full((ny, nx), np.nan)
+        dim = np.full((ny, nx), np.nan)
         text = np.full((ny, nx), "", dtype=object)
         for j, (r, c) in zip(g["tokens"], g["cells"]):
             v = vals[j]
@@ -322,16 +360,26 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
             text[r, c] = texts[j]
             if j in earlier:
                 gone[r, c] = 1.0
+            elif j in dropped:
+                dim[r, c] = 1.0
         name = ("base image" if g["tile"] == 0 else "high-res tiles") if multi else "tokens"
         first_of_group = k == 0 or (g["tile"] != 0 and grids[k - 1]["tile"] == 0)
         visible = "legendonly" if multi and g["tile"] == 0 else True
         scale = bool(spec["colorbar"]) and visible is True and not shown_scale
         shown_scale = shown_scale or scale
         group = "base" if g["tile"] == 0 else "tiles"
+        colorbar = None
+        if spec["colorbar"]:
+            colorbar = dict(title=dict(text=spec["colorbar"] + (" (log)" if spec.get("log") else ""), side="right"),
+                            len=0.8, thickness=14)
+            if spec.get("log"):
+                tv, tt = log_ticks(spec["zmid"], (spec["zmax"] - spec["zmin"]) / 2, spec.get("threshold"),
+                                   spec.get("threshold_label", "threshold"))
+                colorbar.update(tickvals=tv, ticktext=tt)
         fig.add_trace(go.Heatmap(
             x=g["x"], y=g["y"], z=z, text=text, hoverinfo="text", hoverongaps=True, name=name,
             colorscale=spec["colorscale"], zmin=spec["zmin"], zmax=spec["zmax"], showscale=scale,
-            colorbar=dict(title=spec["colorbar"], len=0.8) if spec["colorbar"] else None,
+            colorbar=colorbar,
             opacity=0.75 if spec["kind"] == "continuous" else 1.0,
             # LLaVA-NeXT: base image and high-res tiles overlap; a legend click switches between them
             showlegend=multi and first_of_group, legendgroup=group, visible=visible,
@@ -344,11 +392,18 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
                 legendgroup=group, visible=visible, name=f"{name}: dropped earlier",
                 meta={"tile": g["tile"], "role": "dropped earlier"},
             ))
+        if np.isfinite(dim).any():  # dropped at this stage: dimmed, the evidence colour still visible
+            fig.add_trace(go.Heatmap(
+                x=g["x"], y=g["y"], z=dim, hoverinfo="skip", showscale=False, showlegend=False,
+                colorscale=[[0, _rgba(DIM_RGBA)], [1, _rgba(DIM_RGBA)]], zmin=0, zmax=1,
+                legendgroup=group, visible=visible, name=f"{name}: dropped here",
+                meta={"tile": g["tile"], "role": "dropped here"},
+            ))
     # box-less tokens (explicit registers, row ends): a strip of squares under the image
     strip = _boxless(trace)
     y_bottom = height
     if strip:
-        side = max(width * STRIP_SIDE_FRAC, 1.0)
+        side = max(width * STRIP_SIDE_FRAC * 2, 1.0)
         per_row = max(1, int(width // (side * 1.25)))
         xs, ys = [], []
         for i in range(len(strip)):
@@ -368,18 +423,20 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
             if not group:
                 continue
             fig.add_trace(go.Scatter(
-                x=[pos[j][0] for j in group], y=[pos[j][1] for j in group], mode="markers",
-                name="tokens without a box", hoverinfo="text", text=[texts[j] for j in group], showlegend=False,
+                x=[pos[j][0] for j in group], y=[pos[j][1] for j in group], mode="markers+text",
+                name="tokens without a box", hoverinfo="text", hovertext=[texts[j] for j in group],
+                text=[f"R{j}" if j in spec["registers"] else str(j) for j in group], textposition="bottom center",
+                textfont=dict(size=11, color="#444"), showlegend=False,
                 meta={"tokens": group, "role": "boxless"},
-                marker=dict(symbol="square", size=12, color=colors, colorscale=spec["colorscale"]
+                marker=dict(symbol="square", size=22, color=colors, colorscale=spec["colorscale"]
                             if group is numeric else None, cmin=spec["zmin"], cmax=spec["zmax"],
-                            line=dict(width=[2 if j in spec["registers"] else 0.5 for j in group],
+                            line=dict(width=[3 if j in spec["registers"] else 1 for j in group],
                                       color=[_rgb(REGISTER_RGB) if j in spec["registers"] else "gray"
                                              for j in group])),
             ))
         fig.add_annotation(x=0, y=height + side * 0.4, xref="x", yref="y", showarrow=False, xanchor="left",
-                           yanchor="middle", text="tokens without a box (registers, row ends)",
-                           font=dict(size=10, color="gray"))
+                           yanchor="middle", text="tokens without a box position (R = register, magenta outline)",
+                           font=dict(size=12, color="#444"))
     # registers with a box: outlined rectangles
     boxes = trace.get("boxes") or []
     for j in spec["registers"]:
@@ -387,6 +444,11 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
             x0, y0, x1, y1 = boxes[j]
             fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref="x", yref="y",
                           line=dict(color=_rgb(REGISTER_RGB), width=2), name=f"register {j}")
+    for label, color, outline in _legend_items(spec):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, hoverinfo="skip",
+                                 marker=dict(symbol="square", size=14, color=color,
+                                             line=dict(color=outline or "gray", width=2 if outline else 1)),
+                                 meta={"role": "legend"}))
     if image is not None or background is not None:
         fig.add_layout_image(source=background or image_data_uri(image), x=0, y=0, sizex=width, sizey=height, xref="x",
                              yref="y", xanchor="left", yanchor="top", sizing="stretch", layer="below")
@@ -395,8 +457,25 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
                      constrain="domain", visible=False)
     fig.update_layout(title=dict(text=spec["title"], font=dict(size=14)), margin=dict(l=10, r=10, t=60, b=10),
                       plot_bgcolor="white", hovermode="closest", dragmode="pan",
-                      legend=dict(orientation="h", y=-0.02), meta={"view": view})
+                      legend=dict(orientation="h", y=-0.02, x=0, font=dict(size=12)), meta={"view": view})
     return fig
+
+
+def _legend_items(spec: Mapping) -> list[tuple[str, str, str | None]]:
+    """(label, fill, outline) of the legend of a view: what kept, dropped and registers look like."""
+    items = []
+    if spec.get("log"):
+        lo, hi = EVIDENCE_STOPS[-1][1], EVIDENCE_STOPS[0][1]
+        items += [("above threshold", f"rgb{lo}", None), ("below threshold", f"rgb{hi}", None)]
+        if spec.get("dropped"):
+            items.append(("dropped here (dimmed)", _rgba(DIM_RGBA), None))
+    elif spec["kind"] == "mask":
+        items += [("kept", _rgba(KEPT_RGBA), None), ("dropped", _rgba(DROPPED_RGBA), None)]
+    if spec.get("earlier"):
+        items.append(("dropped at an earlier stage", _rgba(DROPPED_RGBA), None))
+    if spec.get("registers"):
+        items.append(("register", "rgba(0,0,0,0)", _rgb(REGISTER_RGB)))
+    return items
 
 
 def _rgb(c: tuple[int, int, int]) -> str:
@@ -425,27 +504,33 @@ def histogram_figure(trace: Any) -> go.Figure:
     titles = [f"{STAGE_LABELS.get(st['name'], st['name'])}: {st['n_in']} → {st['n_out']}"
               + (f" · {_threshold_label(st)} = {_fmt(st['threshold'])}" if st.get("threshold") is not None else "")
               for st in stages]
-    fig = make_subplots(rows=1, cols=len(stages), subplot_titles=titles)
+    # one row per stage (stacked: readable at phone width), log10(s) like the evidence heatmaps
+    fig = make_subplots(rows=len(stages), cols=1, subplot_titles=titles, vertical_spacing=0.22 / len(stages))
     for k, st in enumerate(stages, start=1):
         alive_before = _alive_before(trace, st)
+        scores = [_score(st, j) for j in range(trace["num_visual"])]
+        logs, centre, half = log_scores(scores, st.get("threshold"))
         kept_s, dropped_s = [], []
-        for j in range(trace["num_visual"]):
-            s = _score(st, j)
-            if s is None or not alive_before[j] or j in (st.get("registers") or []):
+        for j, v in enumerate(logs):
+            if v is None or not alive_before[j] or j in (st.get("registers") or []):
                 continue
-            (kept_s if st["kept"][j] else dropped_s).append(s)
+            (kept_s if st["kept"][j] else dropped_s).append(v)
         for vals, label, color in ((kept_s, "kept", "#2ecc71"), (dropped_s, "dropped", "#34495e")):
-            fig.add_trace(go.Histogram(x=vals, name=f"{label}", marker_color=color, opacity=0.8, nbinsx=40,
-                                       legendgroup=label, showlegend=k == 1,
-                                       hovertemplate=f"{label}: %{{y}} tokens, s in %{{x}}<extra></extra>"),
-                          row=1, col=k)
+            fig.add_trace(go.Histogram(x=vals, name=f"{label}", marker_color=color, opacity=0.8, nbinsx=30,
+                                       legendgroup=label, showlegend=k == 1, meta={"stage": st["name"]},
+                                       hovertemplate=f"{label}: %{{y}} tokens<extra></extra>"),
+                          row=k, col=1)
         thr = st.get("threshold")
-        if thr is not None:
-            fig.add_vline(x=thr, line=dict(color="crimson", width=2, dash="dash"), row=1, col=k)
-        fig.update_xaxes(title_text="s = e/ρ" if st.get("reference_kind") != "budget" else "score", row=1, col=k)
-    fig.update_yaxes(title_text="visual tokens", col=1)
-    fig.update_layout(barmode="stack", title="Evidence scores per stage (candidates only)",
-                      margin=dict(l=40, r=10, t=70, b=40), legend=dict(orientation="h", y=-0.2))
+        if thr is not None and thr > 0:
+            fig.add_vline(x=math.log10(thr), line=dict(color="crimson", width=2, dash="dash"), row=k, col=1)
+        tv, tt = log_ticks(centre, half, None, "")
+        name = "s = e/ρ" if st.get("reference_kind") != "budget" else "score"
+        fig.update_xaxes(title_text=f"{name} (log scale; dashed: threshold)", tickvals=tv, ticktext=tt,
+                         range=[centre - half, centre + half], row=k, col=1)
+        fig.update_yaxes(title_text="tokens", row=k, col=1)
+    fig.update_layout(barmode="stack", title="Evidence scores per stage (candidates only)", autosize=True,
+                      height=120 + 260 * len(stages), margin=dict(l=50, r=10, t=70, b=40),
+                      legend=dict(orientation="h", y=1.0, x=1, xanchor="right", yanchor="bottom"))
     return fig
 
 
@@ -465,7 +550,8 @@ def _colormap(name: str, t: float) -> tuple[int, int, int]:
     """Two small colour ramps: diverging blue-white-red (evidence) and black-red-yellow (attention)."""
     t = min(max(t, 0.0), 1.0)
     if name == EVIDENCE_SCALE:
-        stops = [(0.0, (33, 102, 172)), (0.5, (247, 247, 247)), (1.0, (178, 24, 43))]
+        stops = list(EVIDENCE_STOPS)
+        stops = stops[:2] if t < 0.5 else stops[2:]
     else:
         stops = [(0.0, (0, 0, 4)), (0.5, (187, 55, 84)), (1.0, (252, 255, 164))]
     for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
@@ -491,6 +577,7 @@ def overlay_image(image: Image.Image, trace: Any, view: str, max_side: int | Non
     draw = ImageDraw.Draw(layer)
     boxes = trace.get("boxes") or []
     earlier = set(spec.get("earlier") or [])
+    dropped = set(spec.get("dropped") or [])
     multi = len({g[0] for g, b in zip(trace.get("grid") or [], boxes) if b is not None}) > 1
     for j in range(trace["num_visual"]):
         box = boxes[j] if j < len(boxes) else None
@@ -506,8 +593,10 @@ def overlay_image(image: Image.Image, trace: Any, view: str, max_side: int | Non
             draw.rectangle(rect, fill=KEPT_RGBA if v >= 0.5 else DROPPED_RGBA)
         else:
             t = (v - spec["zmin"]) / max(spec["zmax"] - spec["zmin"], 1e-12)
-            draw.rectangle(rect, fill=_colormap(spec["colorscale"] if isinstance(spec["colorscale"], str)
-                                                else ATTENTION_SCALE, t) + (150,))
+            rgb = _colormap(EVIDENCE_SCALE if spec.get("log") else ATTENTION_SCALE, t)
+            if j in dropped:  # dimmed: mixed with the dark of a dropped token
+                rgb = tuple(int(0.55 * c + 0.45 * d) for c, d in zip(rgb, DIM_RGBA[:3]))
+            draw.rectangle(rect, fill=rgb + (150 if j not in dropped else 190,))
     for j in spec["registers"]:
         box = boxes[j] if j < len(boxes) else None
         if box is not None:
@@ -541,41 +630,93 @@ def _secs(v: float | None) -> str:
     return "–" if v is None else (f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s")
 
 
-def run_summary_markdown(trace: Any, label: str) -> str:
-    """One line under an answer: method, visual tokens, prefill and total time."""
+def _timed(timing: Mapping | None, kind: str, key: str) -> str:
+    """A measured time as "median (min–max, n)" from a timing summary; "–" when absent."""
+    st = ((timing or {}).get(kind) or {}).get(key) or {}
+    if st.get("median") is None:
+        return "–"
+    if st.get("n", 0) > 1:
+        return f"{_secs(st['median'])} ({_secs(st['min'])}–{_secs(st['max'])}, n={st['n']})"
+    return f"{_secs(st['median'])} (n=1)"
+
+
+def run_summary_markdown(trace: Any, label: str, timing: Mapping | None = None, kind: str | None = None) -> str:
+    """One line under an answer: method, visual tokens, and the measured prefill / total time
+    (median over the timed runs, from ``timing``; without it, the single run's own times, marked n=1)."""
     t = as_dict(trace)
     c, tm = t.get("counts") or {}, t.get("timings") or {}
     method = (t.get("config") or {}).get("method", "?")
     n = t["num_visual"]
-    return (f"**{label}** · method `{method}` · **{c.get('final', n)}** / {c.get('visual', n)}"
-            f" visual tokens · prefill {_secs(tm.get('prefill_s'))} · total {_secs(tm.get('total_s'))}")
+    if timing and kind:
+        pre, tot = _timed(timing, kind, "prefill_s"), _timed(timing, kind, "total_s")
+        times = f"prefill {pre} · total {tot}"
+    else:
+        times = f"prefill {_secs(tm.get('prefill_s'))} · total {_secs(tm.get('total_s'))} (one run, n=1)"
+    return f"**{label}** · method `{method}` · **{c.get('final', n)}** / {c.get('visual', n)} visual tokens · {times}"
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-def speedup(full: Any, pruned: Any) -> dict:
-    """Full / pruned ratios of prefill time, total time and prefill FLOPs; KV-cache saving."""
-    f, p = as_dict(full), as_dict(pruned)
-    ft, pt = f.get("timings") or {}, p.get("timings") or {}
-    return {
-        "prefill": _ratio(ft.get("prefill_s"), pt.get("prefill_s")),
-        "total": _ratio(ft.get("total_s"), pt.get("total_s")),
-        "flops": _ratio((f.get("flops") or {}).get("prefill"), (p.get("flops") or {}).get("prefill")),
-        "kv_cache": _ratio(f.get("kv_cache_bytes"), p.get("kv_cache_bytes")),
-    }
-
-
-def speedup_markdown(full: Any, pruned: Any) -> str:
-    s = speedup(full, pruned)
+def speedup_markdown(speedup: Mapping) -> str:
+    """Measured speed-up (median of n timed pairs after a warm-up, with its range) and estimates apart."""
+    m, e = speedup.get("measured") or {}, speedup.get("estimated") or {}
     x = lambda v: "–" if v is None else f"×{v:.2f}"  # noqa: E731
-    return (f"**Speed-up (full ÷ pruned):** prefill {x(s['prefill'])} · total {x(s['total'])} · "
-            f"prefill FLOPs {x(s['flops'])} · KV cache {x(s['kv_cache'])} smaller")
+
+    def measured(key: str) -> str:
+        r = m.get(key) or {}
+        if r.get("median") is None:
+            return "–"
+        rng = f" (range {x(r['min'])}–{x(r['max'])})" if r.get("n", 0) > 1 else ""
+        return f"{x(r['median'])}{rng}"
+
+    n = m.get("n")
+    return (f"**Measured speed-up (full ÷ pruned):** prefill {measured('prefill')} · total {measured('total')} — "
+            f"median of {n} timed pair{'s' if n != 1 else ''} after {m.get('warmup', 0)} warm-up, order alternated, "
+            f"on this server (other requests running at the same time slow both sides).  \n"
+            f"**Estimated from token counts (not measured):** prefill FLOPs {x(e.get('flops'))} fewer · "
+            f"KV cache {x(e.get('kv_cache'))} smaller")
 
 
-def stats_markdown(full: Any, pruned: Any) -> str:
-    """The stats panel: token counts per stage, registers, thresholds, FLOPs, KV cache, timings."""
+def agreement_markdown(agreement: Mapping) -> str:
+    """A visible flag when the pruned answer differs from the full one, and the check against a reference."""
+    ref = agreement.get("reference")
+    mark = lambda ok: "–" if ok is None else ("✅ matches" if ok else "❌ does not match")  # noqa: E731
+    if agreement.get("same"):
+        head = "✅ **Same answer**: the pruned model answers like the full model."
+    else:
+        head = "⚠️ **Answer changed**: the pruned model's answer differs from the full model's."
+    if ref:
+        head += (f"  \nReference answer **{_escape(ref)}**: full model {mark(agreement.get('full_correct'))}, "
+                 f"pruned {mark(agreement.get('pruned_correct'))}.")
+    else:
+        head += "  \n_No reference answer: type one to check both answers against it._"
+    return head
+
+
+def budget_markdown(budget: Mapping, flags: Mapping | None = None) -> str:
+    """Where the pruned run's thresholds / budget came from, and any warning the trace raised."""
+    out = f"**Budget** ({budget.get('mode', '?')}): {_escape(budget.get('note', ''))}"
+    if budget.get("method") == "occam" and budget.get("mode") == "recommended" and not budget.get("source"):
+        out = "⚠️ " + out
+    for w in flag_warnings(flags):
+        out += f"  \n⚠️ {w}"
+    return out
+
+
+def flag_warnings(flags: Mapping | None) -> list[str]:
+    """Human-readable warnings for a trace's ``flags`` (e.g. a stage that left no content token)."""
+    out = []
+    for key, value in (flags or {}).items():
+        if key == "no_content":
+            where = {"stage1": "Stage I", "stage2": "Stage II"}.get(str(value), str(value))
+            out.append(f"{where} left no content token (only registers reach the language model): the answer "
+                       "rests on the registers' summary. Lower the thresholds or set a `min_tokens` floor.")
+        else:
+            out.append(f"trace flag {key}: {value}")
+    return out
+
+
+def stats_markdown(full: Any, pruned: Any, timing: Mapping | None = None) -> str:
+    """The stats panel: token counts per stage, registers, thresholds; measured timings with their spread;
+    FLOPs and KV cache labelled as estimates."""
     f, p = as_dict(full), as_dict(pruned)
     rows = []
 
@@ -596,13 +737,16 @@ def stats_markdown(full: Any, pruned: Any) -> str:
            if ps.get("stage2_layer") is not None else ""))
     row("prefill FLOPs (estimate)", _human_flops((f.get("flops") or {}).get("prefill")),
         _human_flops((p.get("flops") or {}).get("prefill")))
-    row("KV cache after prefill", _human_bytes(f.get("kv_cache_bytes")), _human_bytes(p.get("kv_cache_bytes")))
+    row("KV cache after prefill (estimate from lengths)", _human_bytes(f.get("kv_cache_bytes")),
+        _human_bytes(p.get("kv_cache_bytes")))
     ft, pt = f.get("timings") or {}, p.get("timings") or {}
     for key, name in (("vision_s", "vision encoder"), ("scoring_s", "scoring"), ("prefill_s", "prefill"),
                       ("decode_s", "decode"), ("total_s", "total")):
-        row(f"time: {name}", _secs(ft.get(key)), _secs(pt.get(key)))
-    tps = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
-    row("decode tokens / s", tps(ft.get("decode_tokens_per_s")), tps(pt.get("decode_tokens_per_s")))
+        if timing:
+            row(f"time: {name} (measured: median, min–max, n)", _timed(timing, "full", key),
+                _timed(timing, "pruned", key))
+        else:
+            row(f"time: {name} (one run)", _secs(ft.get(key)), _secs(pt.get(key)))
     out = ["| | full | pruned |", "|---|---:|---:|", *rows, ""]
 
     stages = p.get("stages") or []
@@ -694,3 +838,134 @@ def _round(v: float | None) -> float | None:
 
 def _escape(s: str) -> str:
     return (s or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# method comparison and token inspector
+# ---------------------------------------------------------------------------------------------
+def png_data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _verdict(same: bool | None, correct: bool | None) -> str:
+    parts = []
+    if same is not None:
+        parts.append('<span class="occ-same">= full</span>' if same else '<span class="occ-diff">≠ full</span>')
+    if correct is not None:
+        parts.append('<span class="occ-same">✓ reference</span>' if correct else
+                     '<span class="occ-diff">✗ reference</span>')
+    return " ".join(parts)
+
+
+METHOD_GRID_CSS = """
+<style>
+.occ-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:10px}
+.occ-grid figure{margin:0;border:1px solid #ccc;border-radius:6px;padding:6px;background:#fff;color:#111}
+.occ-grid figure.occ-changed{border:2px solid #d62728}
+.occ-grid img{width:100%;height:auto;image-rendering:pixelated;display:block}
+.occ-grid figcaption{font-size:14px;line-height:1.35;margin-top:4px;word-break:break-word}
+.occ-grid .occ-answer{font-weight:600;font-size:15px}
+.occ-same{color:#1a7f37;font-weight:600}.occ-diff{color:#d62728;font-weight:700}
+.occ-legend{font-size:13px;margin:4px 0 8px 0}
+</style>
+"""
+
+
+def method_grid_html(image: Image.Image, runs: Mapping, max_side: int = 320) -> str:
+    """The method comparison: the full model's answer, then one card per method with its answer and its
+    kept-token mask over the image; a changed answer is outlined in red."""
+    full = runs.get("full") or {}
+    ref = runs.get("reference")
+    cards = []
+    thumb = image.copy()
+    thumb.thumbnail((max_side, max_side))
+    cards.append(
+        f'<figure class="occ-card" data-method="none"><img alt="input image" src="{png_data_uri(thumb)}">'
+        f'<figcaption><b>full model</b> · {full.get("visual_tokens", "?")} tokens<br>'
+        f'<span class="occ-answer">{_escape(full.get("answer", ""))}</span> {_verdict(None, full.get("correct"))}'
+        f'</figcaption></figure>')
+    for r in runs.get("rows") or []:
+        mask = overlay_image(image, r["trace"], "final", max_side=max_side)
+        extra = (f" · α={_fmt(r['alpha'])}, β={_fmt(r['beta'])}" if r.get("alpha") is not None else "")
+        changed = " occ-changed" if not r.get("same_as_full") else ""
+        cards.append(
+            f'<figure class="occ-card{changed}" data-method="{r["method"]}">'
+            f'<img alt="{r["method"]} kept tokens" src="{png_data_uri(mask)}">'
+            f'<figcaption><b>{r["method"]}</b> · {r["kept"]}/{r["visual"]} kept ({100 * r["retention"]:.0f}%)'
+            f'{extra}<br><span class="occ-answer">{_escape(r["answer"])}</span> '
+            f'{_verdict(r.get("same_as_full"), r.get("correct"))}</figcaption></figure>')
+    head = (f'<div class="occ-legend">Target retention <b>{100 * runs.get("target_retention", 0):.0f}%</b>: '
+            f'{_escape(runs.get("rule", ""))}. Green tint: kept token; dark: dropped; magenta outline: register. '
+            f'Red frame: the answer differs from the full model\'s.</div>')
+    return METHOD_GRID_CSS + head + '<div class="occ-grid" id="method-cards">' + "".join(cards) + "</div>"
+
+
+def method_table(runs: Mapping) -> list[list]:
+    """Rows: method, kept, retention %, answer, same as full, matches reference."""
+    yn = lambda v: "–" if v is None else ("yes" if v else "NO")  # noqa: E731
+    full = runs.get("full") or {}
+    out = [["full model", full.get("visual_tokens"), 100.0, full.get("answer", ""), "–", yn(full.get("correct"))]]
+    for r in runs.get("rows") or []:
+        out.append([r["method"], r["kept"], round(100 * r["retention"], 1), r["answer"], yn(r["same_as_full"]),
+                    yn(r.get("correct"))])
+    return out
+
+
+METHOD_COLUMNS = ["method", "kept tokens", "retention %", "answer", "same as full", "matches reference"]
+
+
+def inspector_markdown(info: Mapping) -> str:
+    """The token inspector's text: per stage score, rank, threshold, decision, the register reference
+    and, for Stage II, the question tokens that attended to the token most."""
+    j = info["token"]
+    box = info.get("box")
+    where = ("no box (" + info.get("kind", "?") + ")" if box is None else
+             "box [" + ", ".join(f"{v:.0f}" for v in box) + "] px")
+    grid = info.get("grid")
+    out = [f"### Token {j} · {info.get('kind', 'patch')} · "
+           + (f"tile {grid[0]}, row {grid[1]}, col {grid[2]} · " if grid else "") + where,
+           f"**Final decision: {'kept' if info.get('final') else 'dropped'}** (method `{info.get('method')}`)"]
+    if info.get("note"):
+        out.append(info["note"])
+    for st in info.get("stages") or []:
+        label = st["label"] + (f" (layer {st['layer']})" if st.get("layer") is not None else "")
+        lines = [f"**{label}: {st['decision']}**"]
+        if not st.get("entered"):
+            out.append("\n".join(lines))
+            continue
+        if st.get("score") is not None:
+            thr = st.get("threshold")
+            cmp = ""
+            if thr is not None:
+                cmp = " ≥ " if st["score"] >= thr else " < "
+                cmp += f"{_fmt(thr)} ({st['threshold_kind']})"
+            lines.append(f"- score s = {_fmt(st['score'])}{cmp}; rank {st['rank']} of {st['of']} scored tokens")
+        elif st.get("is_register"):
+            lines.append("- a register: it is the reference, not scored against it")
+        else:
+            lines.append("- not scored at this stage")
+        if st.get("reference_kind") in ("register", "mean"):
+            regs = st.get("registers") or []
+            shown = ", ".join(map(str, regs[:12])) + (" …" if len(regs) > 12 else "")
+            lines.append(f"- tested against the {st['reference_kind']} reference ρ = {_fmt(st.get('reference'))}"
+                         + (f" (registers {shown}; source {st.get('register_source')})" if regs else
+                            " (no register found: mean over candidates)"))
+        elif st.get("reference_kind") == "budget":
+            lines.append("- fixed budget: the top-scored tokens are kept, no reference")
+        if st.get("rail"):
+            lines.append(f"- the {st['rail']} rail decided the count at this stage")
+        if st.get("register_attention") is not None:
+            lines.append(f"- attention the registers pay to it: {_fmt(st['register_attention'])}")
+        if st.get("merged_into") is not None:
+            lines.append(f"- merged into token {st['merged_into']}")
+        if "question_tokens" in st:
+            q = st.get("question_tokens")
+            if q:
+                parts = ", ".join(f"`{_escape(t['token'])}` {100 * t['share']:.0f}%" for t in q)
+                lines.append(f"- question tokens that drew on it most: {parts} ({st.get('question_note')})")
+            else:
+                lines.append(f"- question tokens that drew on it most: {st.get('question_note')}")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

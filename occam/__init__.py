@@ -31,6 +31,9 @@ def load(name_or_path: str | None = "toy", *, model=None, processor=None, dtype=
         if device is not None:
             model = model.to(device)
         return VLM(model, processor, name=getattr(model, "name_or_path", None) or type(model).__name__, **paths)
+    from . import recommended
     from .loading import load_model_and_processor
     model, processor = load_model_and_processor(name_or_path, dtype=dtype, device=device)
-    return VLM(model, processor, name=name_or_path, **paths)
+    vlm = VLM(model, processor, name=name_or_path, **paths)
+    vlm.recommended = recommended.for_model(name_or_path)  # alpha / beta per target retention, or None
+    return vlm

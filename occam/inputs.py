@@ -69,6 +69,26 @@ def to_rgb(img: Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return img.convert("RGB")
 
 
+def describe_image(source, max_pixels: int = MAX_PIXELS) -> dict:
+    """What a person should know about an image file before it is used: its size after conversion,
+    the file's format and mode, how many frames it has (the first is used) and whether an EXIF
+    rotation was applied. Raises the same ValueErrors as ``open_image`` for unusable files."""
+    img = open_image(source, max_pixels)
+    out = {"width": img.width, "height": img.height, "mode": "RGB", "format": None, "file_mode": None,
+           "frames": 1, "exif_rotated": False}
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike, io.IOBase)):
+        if isinstance(source, io.IOBase):
+            source.seek(0)
+        with Image.open(source) as raw:
+            out.update(format=raw.format, file_mode=raw.mode, frames=getattr(raw, "n_frames", 1),
+                       exif_rotated=raw.getexif().get(0x0112, 1) not in (0, 1))
+    elif isinstance(source, Image.Image):
+        out.update(format=source.format, file_mode=source.mode, frames=getattr(source, "n_frames", 1))
+    return out
+
+
 def check_question(question) -> str:
     if not isinstance(question, str):
         raise TypeError(f"The question must be a string, got {type(question).__name__}.")

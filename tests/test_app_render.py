@@ -97,7 +97,8 @@ def test_geometry_of_real_traces(arch):
         assert heat[0].visible == "legendonly" and all(tr.visible is True for tr in heat[1:])
         assert [tr.name for tr in heat if tr.showlegend] == ["base image", "high-res tiles"]
     boxless = [j for j, b in enumerate(trace["boxes"]) if b is None]
-    strip = [j for tr in fig.data if isinstance(tr, go.Scatter) for j in tr.meta["tokens"]]
+    strip = [j for tr in fig.data if isinstance(tr, go.Scatter) and tr.meta["role"] == "boxless"
+             for j in tr.meta["tokens"]]
     assert sorted(strip) == boxless
     # the background is the original image stretched over its full pixel size
     (bg,) = fig.layout.images
@@ -110,8 +111,9 @@ def test_figure_contents_per_view():
     assert list(figs) == list(render.VIEWS)
     for view, fig in figs.items():
         heat = [tr for tr in fig.data if isinstance(tr, go.Heatmap)]
-        strips = [tr for tr in fig.data if isinstance(tr, go.Scatter)]
-        assert len(heat) == (2 if view == "stage2_evidence" else 1), view  # + "dropped earlier" layer
+        strips = [tr for tr in fig.data if isinstance(tr, go.Scatter) and tr.meta["role"] == "boxless"]
+        # + "dropped here" (dimmed) layer in the evidence views, + "dropped earlier" in Stage II's
+        assert len(heat) == {"stage1_evidence": 2, "stage2_evidence": 3}.get(view, 1), view
         assert [j for tr in strips for j in tr.meta["tokens"]] == [6]  # the box-less register
         assert len(fig.layout.shapes) == 1  # register 5 (a Stage II sink) has a box: outlined
         sh = fig.layout.shapes[0]
@@ -128,21 +130,50 @@ def _z(fig: go.Figure, j: int) -> float:
 def test_view_values():
     t = synthetic_trace()
     ev1 = render.token_figure(image(), t, "stage1_evidence")
-    assert [_z(ev1, j) for j in range(6)] == [2.0, 0.5, 1.5, 0.2, 1.0, 3.0]
+    # log10(s), centred on log10(alpha) = 0
+    assert [_z(ev1, j) for j in range(6)] == pytest.approx([math.log10(v) for v in (2.0, 0.5, 1.5, 0.2, 1.0, 3.0)])
     heat = ev1.data[0]
-    assert heat.zmin < 1.0 < heat.zmax and heat.zmax - 1.0 == pytest.approx(1.0 - heat.zmin)  # centred on alpha
+    assert heat.zmin < 0 < heat.zmax and heat.zmax == pytest.approx(-heat.zmin)  # the threshold at the centre
     assert "α = 1" in ev1.layout.title.text and "reference: register" in ev1.layout.title.text
+    assert "log scale" in ev1.layout.title.text
+    ticks = dict(zip(heat.colorbar.tickvals, heat.colorbar.ticktext))
+    assert ticks[0.0] == "◀ α = 1"  # the threshold marked on the colour bar
+    # one hue above the threshold, another below: the scale splits at its middle
+    scale = [tuple(c) for c in heat.colorscale]
+    below, above = [c for p, c in scale if p < 0.5 or p == 0.5][:2], [c for p, c in scale if p >= 0.5][-2:]
+    assert below[0] != above[-1] and scale[1][0] == scale[2][0] == 0.5
+    dim = next(tr for tr in ev1.data if isinstance(tr, go.Heatmap) and tr.meta["role"] == "dropped here")
+    assert np.nansum(np.array(dim.z, dtype=float)) == 2  # tokens 1 and 3 dropped by Stage I, dimmed
+    legend = [tr.name for tr in ev1.data if isinstance(tr, go.Scatter) and tr.meta["role"] == "legend"]
+    assert legend == ["above threshold", "below threshold", "dropped here (dimmed)", "register"]
     m1 = render.token_figure(image(), t, "stage1_mask")
     assert [_z(m1, j) for j in range(6)] == [1, 0, 1, 0, 1, 1]
     ev2 = render.token_figure(image(), t, "stage2_evidence")
-    assert _z(ev2, 0) == 1.2 and math.isnan(_z(ev2, 1)) and math.isnan(_z(ev2, 5))
+    assert _z(ev2, 0) == pytest.approx(math.log10(1.2)) and math.isnan(_z(ev2, 1)) and math.isnan(_z(ev2, 5))
     gone = next(tr for tr in ev2.data if isinstance(tr, go.Heatmap) and tr.meta["role"] == "dropped earlier")
     assert gone.hoverinfo == "skip" and np.nansum(np.array(gone.z, dtype=float)) == 2  # tokens 1 and 3
+    legend2 = [tr.name for tr in ev2.data if isinstance(tr, go.Scatter) and tr.meta["role"] == "legend"]
+    assert "dropped at an earlier stage" in legend2 and legend2[:2] == ["above threshold", "below threshold"]
     fin = render.token_figure(image(), t, "final")
     assert [_z(fin, j) for j in range(6)] == [1, 0, 0, 0, 1, 1]
     assert fin.layout.title.text.startswith("Final: 4 of 7")
     reg = render.token_figure(image(), t, "registers")
     assert _z(reg, 2) == 0.3 and "explicit" in reg.layout.title.text and "sink" in reg.layout.title.text
+
+
+def test_log_scores_centre_on_the_threshold():
+    logs, centre, half = render.log_scores([0.1, 1.0, 10.0, None, 0.0], 1.0)
+    assert logs[:3] == pytest.approx([-1, 0, 1]) and logs[3] is None and logs[4] == pytest.approx(-2)
+    assert centre == 0 and half >= 1
+    _, centre, half = render.log_scores([0.5, 0.6], 0.55)
+    assert half == pytest.approx(math.log10(2))  # at least a factor of 2 each side
+
+
+def test_register_markers_are_readable():
+    fig = render.token_figure(image(), synthetic_trace(), "final")
+    (strip,) = [tr for tr in fig.data if isinstance(tr, go.Scatter) and tr.meta["role"] == "boxless"]
+    assert strip.marker.size >= 18 and list(strip.text) == ["R6"]
+    assert any("R = register" in a.text and a.font.size >= 12 for a in fig.layout.annotations)
 
 
 def test_hover_text_fields():
@@ -179,12 +210,13 @@ def test_views_of_a_baseline_without_stage1():
 def test_histogram_per_stage_with_threshold_lines():
     fig = render.histogram_figure(synthetic_trace())
     hists = [tr for tr in fig.data if isinstance(tr, go.Histogram)]
-    assert len(hists) == 4  # kept + dropped per stage
-    by = {(tr.xaxis, tr.name): sorted(tr.x) for tr in hists}
-    assert by[("x", "kept")] == [1.0, 1.5, 2.0, 3.0] and by[("x", "dropped")] == [0.2, 0.5]
-    assert by[("x2", "kept")] == [1.2, 2.0] and by[("x2", "dropped")] == [0.4]  # sink 5 is not a candidate
+    assert len(hists) == 4  # kept + dropped per stage, one row each (stacked: fits a phone's width)
+    by = {(tr.xaxis, tr.name): sorted(10 ** np.array(tr.x)) for tr in hists}  # log10(s) on the x axis
+    assert by[("x", "kept")] == pytest.approx([1.0, 1.5, 2.0, 3.0]) and by[("x", "dropped")] == pytest.approx([0.2, 0.5])
+    assert by[("x2", "kept")] == pytest.approx([1.2, 2.0]) and by[("x2", "dropped")] == pytest.approx([0.4])
     lines = [s for s in fig.layout.shapes if s.type == "line"]
-    assert [(s.x0, s.xref) for s in lines] == [(1.0, "x"), (1.0, "x2")]
+    assert [(s.x0, s.xref) for s in lines] == [(0.0, "x"), (0.0, "x2")]
+    assert fig.layout.xaxis2.domain == fig.layout.xaxis.domain  # rows, not columns
     empty = render.histogram_figure(full_trace())
     assert not empty.data and "No evidence scores" in empty.layout.annotations[0].text
 
@@ -204,19 +236,60 @@ def test_overlay_image_paints_boxes():
     assert np.array(small.getpixel((15, 5))).sum() < 300 and np.array(small.getpixel((5, 5)))[1] > 200
 
 
+TIMING = {"n": 3, "warmup": 1,
+          "full": {"prefill_s": {"median": 0.04, "min": 0.03, "max": 0.05, "n": 3},
+                   "total_s": {"median": 0.2, "min": 0.19, "max": 0.3, "n": 3}},
+          "pruned": {"prefill_s": {"median": 0.02, "min": 0.018, "max": 0.03, "n": 3},
+                     "total_s": {"median": 0.1, "min": 0.09, "max": 0.12, "n": 3}},
+          "ratio": {"prefill": {"median": 2.0, "min": 1.5, "max": 2.2, "n": 3},
+                    "total": {"median": 2.0, "min": 1.9, "max": 2.5, "n": 3}}}
+
+
 def test_stats_and_speedup_markdown():
-    md = render.stats_markdown(full_trace(), synthetic_trace())
+    md = render.stats_markdown(full_trace(), synthetic_trace(), TIMING)
     for row in ("| visual tokens (before) | 7 | 7 |", "| after Stage I | 7 | 5 |", "| after Stage II | 7 | 4 |",
                 "| retention | 100.0% | 57.1% |", "| prefill FLOPs (estimate) | 8.00 GFLOP | 5.00 GFLOP |",
-                "| KV cache after prefill | 4.00 MiB | 3.00 MiB |"):
+                "| KV cache after prefill (estimate from lengths) | 4.00 MiB | 3.00 MiB |",
+                "| time: prefill (measured: median, min–max, n) | 40.0 ms (30.0 ms–50.0 ms, n=3) | "
+                "20.0 ms (18.0 ms–30.0 ms, n=3) |"):
         assert row in md, row
     assert "| Stage I | 2 | 7 → 5 | 1 (explicit) | register ρ = 0.1 | α = 1 |" in md
     assert "| Stage II | 1 | 5 → 4 | 2 (explicit+sink) | register ρ = 0.02 | β = 1 |" in md
-    s = render.speedup(full_trace(), synthetic_trace())
-    assert s == pytest.approx({"prefill": 2.0, "total": 2.0, "flops": 1.6, "kv_cache": 4 / 3})
-    assert "prefill ×2.00" in render.speedup_markdown(full_trace(), synthetic_trace())
-    line = render.run_summary_markdown(synthetic_trace(), "Pruned")
-    assert "**4** / 7 visual tokens" in line and "prefill 20.0 ms" in line and "total 100.0 ms" in line
+    sp = {"measured": {"n": 3, "warmup": 1, **TIMING["ratio"]}, "estimated": {"flops": 1.6, "kv_cache": 4 / 3}}
+    line = render.speedup_markdown(sp)
+    assert "prefill ×2.00 (range ×1.50–×2.20)" in line and "median of 3 timed pairs after 1 warm-up" in line
+    assert "Estimated from token counts (not measured):** prefill FLOPs ×1.60" in line
+    line = render.run_summary_markdown(synthetic_trace(), "Pruned", TIMING, "pruned")
+    assert "**4** / 7 visual tokens" in line and "prefill 20.0 ms (18.0 ms–30.0 ms, n=3)" in line
+    assert "(one run, n=1)" in render.run_summary_markdown(synthetic_trace(), "Pruned")
+
+
+def test_agreement_and_budget_markdown():
+    md = render.agreement_markdown({"same": False, "reference": "four", "full_correct": True, "pruned_correct": False})
+    assert "Answer changed" in md and "full model ✅ matches" in md and "pruned ❌ does not match" in md
+    assert "Same answer" in render.agreement_markdown({"same": True, "reference": None})
+    md = render.budget_markdown({"method": "occam", "mode": "recommended", "source": None, "note": "α = β = 1: no"},
+                                {"no_content": "stage1"})
+    assert md.startswith("⚠️ **Budget** (recommended)") and "Stage I left no content token" in md
+
+
+def test_method_grid_and_inspector_markdown():
+    t = synthetic_trace()
+    runs = {"target_retention": 0.25, "rule": "same budget", "reference": "red",
+            "full": {"answer": "red", "visual_tokens": 7, "correct": True},
+            "rows": [{"method": "occam", "answer": "red", "kept": 4, "visual": 7, "retention": 4 / 7,
+                      "same_as_full": True, "correct": True, "alpha": 2.0, "beta": 1.5, "trace": t},
+                     {"method": "random", "answer": "blue", "kept": 4, "visual": 7, "retention": 4 / 7,
+                      "same_as_full": False, "correct": False, "alpha": None, "beta": None, "trace": t}]}
+    html = render.method_grid_html(image(), runs)
+    assert html.count("<figure") == 3 and html.count("occ-changed") == 2  # the CSS rule + the random card
+    assert 'data-method="random"' in html and "≠ full" in html and "data:image/png;base64," in html
+    table = render.method_table(runs)
+    assert table[0][0] == "full model" and table[2] == ["random", 4, 57.1, "blue", "NO", "NO"]
+    from app import backend
+    md = render.inspector_markdown(backend.inspect_token(t, 2))
+    assert "### Token 2" in md and "**Stage I (layer 2): kept**" in md and "rank 3 of 6" in md
+    assert "**Stage II (layer 1): dropped**" in md and "not available for this method" in md
 
 
 def test_sweep_rendering():

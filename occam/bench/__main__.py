@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning methods",
             "accuracy": "answers of the pruned models against the full model / references",
+            "thresholds": "recommended alpha / beta per target retention, written beside the model",
             "table": "lmms-eval results of --model occam runs -> method x benchmark table"}
 USAGE = f"usage: python -m occam.bench {{{','.join(COMMANDS)}}} [options]   (--help after the command for its options)\n" + \
     "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())

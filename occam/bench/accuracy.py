@@ -47,6 +47,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def calibration_samples(n: int, seed: int) -> tuple[list, str]:
+    """The calibration set of the adaptive methods: ``n`` toy-world train-split samples drawn with
+    seed ``seed + 7`` (separate from the held-out questions), as (image, question) pairs, and its name."""
+    pairs = [(s.image, s.question) for s in world.dataset("train", n, seed=seed + 7)]
+    return pairs, f"toy-world train split, n={n}, world.dataset('train', {n}, seed={seed + 7})"
+
+
 def config_for(vlm, method: str, retention: float, calib: list) -> occam.OccamConfig:
     if method in FIXED:
         return occam.OccamConfig(method=method, retention=retention)
@@ -94,7 +101,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     vlm = load_vlm(args.model)
     samples = world.dataset("heldout", args.n, seed=args.seed)
-    calib = [(s.image, s.question) for s in world.dataset("train", args.calib, seed=args.seed + 7)]
+    calib, _ = calibration_samples(args.calib, args.seed)
     full = summarize(evaluate(vlm, samples, occam.OccamConfig(method="none")), None)
     results = []
     for r in args.retentions:
