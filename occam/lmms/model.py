@@ -26,6 +26,7 @@ from . import metric_key
 from .args import split_args
 
 FIXED_BUDGET = ("topk", "fastv", "visionzip", "random")
+DTYPES = ("float32", "bfloat16", "float16")
 SUMMARISED = ("retention", "final", "flops_ratio", "prefill_flops")  # per-task means in the results' throughput
 
 
@@ -46,7 +47,8 @@ def cut(text: str, until: list[str]) -> str:
 
 class OccamLMM(lmms):
     """``--model occam``: model args are the OccamConfig fields plus pretrained, dtype, device, target_retention,
-    calib_task / calib_split / calib_n / calib_seed / calib_include_path, trace_dir, label, on_unsupported."""
+    calib_task / calib_split / calib_n / calib_seed / calib_include_path, trace_dir, label, on_unsupported.
+    Documents run one at a time (lmms-eval's batch_size is accepted and not used)."""
 
     is_simple = True
 
@@ -66,6 +68,8 @@ class OccamLMM(lmms):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is invalid: accepted auto, {', '.join(DTYPES)}.")
         self.vlm = occam.load(str(pretrained), dtype=getattr(torch, dtype), device=device)
         self.config, self.calibration = self._config(knobs, target_retention, calib_task, calib_split, int(calib_n),
                                                      int(calib_seed), calib_include_path)
@@ -92,8 +96,9 @@ class OccamLMM(lmms):
         if cfg.method == "none":
             raise ValueError("method=none keeps every token: drop target_retention.")
         if cfg.method in FIXED_BUDGET:
-            if "retention" in knobs:
-                raise ValueError(f"method={cfg.method}: give retention or target_retention, not both.")
+            if "retention" in knobs or calib_task:
+                raise ValueError(f"method={cfg.method} has a fixed budget: give target_retention (or retention) "
+                                 f"alone, without retention or calib_task.")
             return cfg.replace(retention=target), None
         if not calib_task:
             raise ValueError("method=occam with target_retention needs calib_task=<lmms-eval task> (and optionally "
