@@ -409,7 +409,7 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
         for i in range(len(strip)):
             xs.append((i % per_row) * side * 1.25 + side / 2)
             ys.append(height + side * 0.8 + (i // per_row) * side * 1.25 + side / 2)
-        y_bottom = max(ys) + side
+        y_bottom = max(ys) + side * 1.8  # room for the labels under the squares
         pos = dict(zip(strip, zip(xs, ys)))
         numeric = [j for j in strip if spec["kind"] == "continuous" and vals[j] is not None and j not in earlier]
         flat = [j for j in strip if j not in numeric]
@@ -435,7 +435,7 @@ def token_figure(image: Image.Image | None, trace: Any, view: str, *, texts: lis
                                              for j in group])),
             ))
         fig.add_annotation(x=0, y=height + side * 0.4, xref="x", yref="y", showarrow=False, xanchor="left",
-                           yanchor="middle", text="tokens without a box position (R = register, magenta outline)",
+                           yanchor="middle", text="no box: R = register",
                            font=dict(size=12, color="#444"))
     # registers with a box: outlined rectangles
     boxes = trace.get("boxes") or []
@@ -505,7 +505,7 @@ def histogram_figure(trace: Any) -> go.Figure:
               + (f" · {_threshold_label(st)} = {_fmt(st['threshold'])}" if st.get("threshold") is not None else "")
               for st in stages]
     # one row per stage (stacked: readable at phone width), log10(s) like the evidence heatmaps
-    fig = make_subplots(rows=len(stages), cols=1, subplot_titles=titles, vertical_spacing=0.22 / len(stages))
+    fig = make_subplots(rows=len(stages), cols=1, subplot_titles=titles, vertical_spacing=0.36 / len(stages))
     for k, st in enumerate(stages, start=1):
         alive_before = _alive_before(trace, st)
         scores = [_score(st, j) for j in range(trace["num_visual"])]
@@ -525,12 +525,12 @@ def histogram_figure(trace: Any) -> go.Figure:
             fig.add_vline(x=math.log10(thr), line=dict(color="crimson", width=2, dash="dash"), row=k, col=1)
         tv, tt = log_ticks(centre, half, None, "")
         name = "s = e/ρ" if st.get("reference_kind") != "budget" else "score"
-        fig.update_xaxes(title_text=f"{name} (log scale; dashed: threshold)", tickvals=tv, ticktext=tt,
+        fig.update_xaxes(title_text=f"{name} (log)", tickvals=tv, ticktext=tt,
                          range=[centre - half, centre + half], row=k, col=1)
         fig.update_yaxes(title_text="tokens", row=k, col=1)
-    fig.update_layout(barmode="stack", title="Evidence scores per stage (candidates only)", autosize=True,
-                      height=120 + 260 * len(stages), margin=dict(l=50, r=10, t=70, b=40),
-                      legend=dict(orientation="h", y=1.0, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_layout(barmode="stack", title="Evidence scores<br><sup>candidates only · dashed: threshold</sup>",
+                      autosize=True, height=140 + 280 * len(stages), margin=dict(l=50, r=10, t=80, b=40),
+                      legend=dict(orientation="h", y=-0.08, x=0, yanchor="top"))
     return fig
 
 
@@ -678,11 +678,12 @@ def speedup_markdown(speedup: Mapping) -> str:
 def agreement_markdown(agreement: Mapping) -> str:
     """A visible flag when the pruned answer differs from the full one, and the check against a reference."""
     ref = agreement.get("reference")
-    mark = lambda ok: "–" if ok is None else ("✅ matches" if ok else "❌ does not match")  # noqa: E731
+    mark = lambda ok: "–" if ok is None else ("✓ matches" if ok else "✗ does not match")  # noqa: E731
     if agreement.get("same"):
-        head = "✅ **Same answer**: the pruned model answers like the full model."
+        head = '<span style="color:#1a7f37">✓ **Same answer**</span>: the pruned model answers like the full model.'
     else:
-        head = "⚠️ **Answer changed**: the pruned model's answer differs from the full model's."
+        head = ('<span style="color:#d62728">⚠ **Answer changed**</span>: the pruned model\'s answer differs from '
+                "the full model's.")
     if ref:
         head += (f"  \nReference answer **{_escape(ref)}**: full model {mark(agreement.get('full_correct'))}, "
                  f"pruned {mark(agreement.get('pruned_correct'))}.")
@@ -695,9 +696,9 @@ def budget_markdown(budget: Mapping, flags: Mapping | None = None) -> str:
     """Where the pruned run's thresholds / budget came from, and any warning the trace raised."""
     out = f"**Budget** ({budget.get('mode', '?')}): {_escape(budget.get('note', ''))}"
     if budget.get("method") == "occam" and budget.get("mode") == "recommended" and not budget.get("source"):
-        out = "⚠️ " + out
+        out = "⚠ " + out
     for w in flag_warnings(flags):
-        out += f"  \n⚠️ {w}"
+        out += f"  \n⚠ {w}"
     return out
 
 

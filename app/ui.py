@@ -241,7 +241,7 @@ def model_status(cache: backend.ModelCache | None = None) -> str:
     if vlm is not None:
         rec = getattr(vlm, "recommended", None)
         if rec is None:
-            out += "  \n⚠️ No recommended thresholds for this model: occam uses α = β = 1 (METHOD.md §8)."
+            out += "  \n⚠ No recommended thresholds for this model: occam uses α = β = 1 (METHOD.md §8)."
         else:
             targets = ", ".join(f"{100 * e.target:g}%" for e in rec.targets)
             out += (f"  \nRecommended thresholds for {targets} retention, calibrated on "
@@ -541,12 +541,12 @@ def build_demo() -> gr.Blocks:
                 agreement_md = gr.Markdown(elem_id="agreement")
                 budget_md = gr.Markdown(elem_id="budget")
                 speed = gr.Markdown(elem_id="speedup")
-                with gr.Tabs():
+                with gr.Tabs(overflow_behavior="wrap"):
                     plots = []
                     for view in render.VIEWS:
                         with gr.Tab(TAB_LABELS[view]):
                             plots.append(gr.Plot(label=render.VIEW_TITLES[view], elem_id=f"plot-{view}"))
-                with gr.Tabs():
+                with gr.Tabs(overflow_behavior="wrap"):
                     with gr.Tab("Stats"):
                         stats = gr.Markdown(elem_id="stats")
                     with gr.Tab("Token inspector", elem_id="tab-inspector"):

@@ -477,3 +477,28 @@ def test_real_trace_has_query_rows_for_the_inspector():
     st2 = next(s for s in info["stages"] if s["stage"] == "stage2")
     assert st2["question_tokens"] and all(0 <= q["share"] <= 1 for q in st2["question_tokens"])
     assert {q["token"] for q in st2["question_tokens"]} <= set(t["stages"][-1]["query_tokens"])
+
+
+def test_shipped_examples_with_the_defaults():
+    """The app's defaults (25% target, the model's recommended thresholds) on the five shipped examples:
+    on average they keep 15-35% of the visual tokens, and the pruned answer equals the full one on at
+    least four (each kept count and answer is printed; README's app section quotes them)."""
+    index = json.loads((backend_repo() / "assets" / "examples" / "examples.json").read_text())
+    if MODEL != "toy":
+        pytest.fail("the shipped examples are the toy world's: run with the toy model")
+    kept, same = [], 0
+    for ex in index:
+        comp = backend.run_compare(str(backend_repo() / "assets" / "examples" / ex["image"]), ex["question"],
+                                   {"repeats": 1}, reference=ex["answer"])
+        c = comp.pruned.trace.counts
+        kept.append(c["retention"])
+        same += comp.agreement["same"]
+        print(f"{ex['image']}: {c['final']}/{c['visual']} ({100 * c['retention']:.1f}%), "
+              f"full {comp.full.text!r}, pruned {comp.pruned.text!r}, reference {ex['answer']!r}")
+    assert 0.15 <= sum(kept) / len(kept) <= 0.35 and same >= 4
+    assert comp.budget["mode"] == "recommended" and comp.budget["source"]
+
+
+def backend_repo():
+    from pathlib import Path
+    return Path(backend.__file__).resolve().parents[1]

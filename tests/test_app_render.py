@@ -266,11 +266,11 @@ def test_stats_and_speedup_markdown():
 
 def test_agreement_and_budget_markdown():
     md = render.agreement_markdown({"same": False, "reference": "four", "full_correct": True, "pruned_correct": False})
-    assert "Answer changed" in md and "full model ✅ matches" in md and "pruned ❌ does not match" in md
+    assert "Answer changed" in md and "full model ✓ matches" in md and "pruned ✗ does not match" in md
     assert "Same answer" in render.agreement_markdown({"same": True, "reference": None})
     md = render.budget_markdown({"method": "occam", "mode": "recommended", "source": None, "note": "α = β = 1: no"},
                                 {"no_content": "stage1"})
-    assert md.startswith("⚠️ **Budget** (recommended)") and "Stage I left no content token" in md
+    assert md.startswith("⚠ **Budget** (recommended)") and "Stage I left no content token" in md
 
 
 def test_method_grid_and_inspector_markdown():
