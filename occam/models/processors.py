@@ -1,4 +1,4 @@
-"""Processors of the four families with Pillow image processors (no torchvision needed).
+"""Processors of the supported families with Pillow image processors (no torchvision needed).
 
 LLaVA / LLaVA-NeXT use the stock ``LlavaProcessor`` / ``LlavaNextProcessor`` with the PIL image
 processors (``CLIPImageProcessorPil`` / ``LlavaNextImageProcessorPil``).
@@ -9,6 +9,12 @@ dummy when torchvision is missing, even when ``video_processor=None``). :class:`
 minimal image-only replacement with the same calling convention. It also returns
 ``mm_token_type_ids``, which transformers 5.x needs to compute M-RoPE positions
 (Qwen3-VL raises without it; Qwen2.5-VL silently falls back to 1-D positions).
+
+The stock ``VideoLlavaProcessor`` cannot be built without torchvision either (same type check on its
+``video_processor``). :class:`VideoLlavaPILProcessor` replaces it: Video-LLaVA processes video frames
+exactly as images (CLIP resize + centre crop, its ``VideoLlavaVideoProcessor`` has the image settings),
+so one PIL image processor serves both, and ``<video>`` is expanded into frames x (patches + CLS) tokens.
+Frames reach the processors already decoded and sampled (``occam.video``), so no video decoder is needed.
 """
 from __future__ import annotations
 
@@ -152,6 +158,113 @@ class QwenVLProcessor:
         return cls(image_processor, tokenizer, chat_template=chat_template, processor_class=processor_class)
 
 
+class VideoLlavaPILProcessor:
+    """Images and videos for Video-LLaVA with one Pillow image processor (no torchvision needed).
+
+    Mirrors ``VideoLlavaProcessor``: ``<image>`` becomes (H/p)(W/p) tokens (+1 under the "full" feature
+    strategy) and ``pixel_values``; ``<video>`` becomes frames x ((H/p)(W/p) + 1) tokens (the video path
+    keeps [CLS]) and ``pixel_values_videos`` of shape (videos, frames, 3, H, W).
+    """
+
+    def __init__(self, image_processor, tokenizer, chat_template: str | None = None, patch_size: int = 14,
+                 vision_feature_select_strategy: str = "default", num_additional_image_tokens: int = 1,
+                 image_token: str = "<image>", video_token: str = "<video>"):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.image_token, self.video_token = image_token, video_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
+        if self.video_token_id in (None, getattr(tokenizer, "unk_token_id", object())):
+            raise ValueError(f"The tokenizer has no {video_token!r} token; it is not a Video-LLaVA tokenizer.")
+
+    def __repr__(self) -> str:
+        return (f"VideoLlavaPILProcessor(image_processor={type(self.image_processor).__name__}, "
+                f"tokenizer={type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}))")
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
+                            chat_template: str | None = None, **kwargs):
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise ValueError("This processor has no chat template.")
+        return self.tokenizer.apply_chat_template(conversation, chat_template=template,
+                                                  add_generation_prompt=add_generation_prompt, tokenize=tokenize,
+                                                  **kwargs)
+
+    def _tokens_per_frame(self, pixel_values: torch.Tensor) -> int:
+        h, w = pixel_values.shape[-2:]
+        return (h // self.patch_size) * (w // self.patch_size) + self.num_additional_image_tokens
+
+    def __call__(self, images=None, text=None, videos=None, return_tensors=None, **kwargs):
+        from transformers.feature_extraction_utils import BatchFeature
+
+        if text is None:
+            raise ValueError("VideoLlavaPILProcessor needs `text` (use the chat template to get a prompt).")
+        texts = [text] if isinstance(text, str) else list(text)
+        data: dict[str, Any] = {}
+        if images is not None:
+            pv = self.image_processor(images=_flatten_images(images), return_tensors="pt")["pixel_values"]
+            n = self._tokens_per_frame(pv) - (1 if self.vision_feature_select_strategy == "default" else 0)
+            texts = _expand_each(texts, self.image_token, [n] * pv.shape[0])
+            data["pixel_values"] = pv
+        if videos is not None:
+            clips = [list(v) for v in videos]
+            pvs = [self.image_processor(images=frames, return_tensors="pt")["pixel_values"] for frames in clips]
+            if len({tuple(p.shape) for p in pvs}) > 1:
+                raise ValueError("All videos of one call must have the same number of frames.")
+            data["pixel_values_videos"] = torch.stack(pvs)
+            texts = _expand_each(texts, self.video_token, [self._tokens_per_frame(p) * p.shape[0] for p in pvs])
+        enc = self.tokenizer(texts, return_tensors=return_tensors)
+        data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **data}
+        return BatchFeature(data=data)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+        if self.chat_template is not None:
+            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs) -> "VideoLlavaPILProcessor":
+        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        image_processor = CLIPImageProcessorPil.from_pretrained(folder, **kwargs)
+        chat_template = _read_chat_template(folder, **kwargs) or getattr(tokenizer, "chat_template", None)
+        cfg = AutoConfig.from_pretrained(folder, **kwargs)
+        return cls(image_processor, tokenizer, chat_template=chat_template,
+                   patch_size=cfg.vision_config.patch_size,
+                   vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+
+
+def _expand_each(texts: list[str], token: str, counts: list[int]) -> list[str]:
+    """Replace the i-th ``token`` over all texts by ``counts[i]`` copies of it."""
+    out, idx = [], 0
+    for t in texts:
+        parts = t.split(token)
+        s = parts[0]
+        for p in parts[1:]:
+            if idx >= len(counts):
+                raise ValueError(f"More {token!r} placeholders in the text than inputs ({len(counts)}).")
+            s += token * counts[idx] + p
+            idx += 1
+        out.append(s)
+    if idx != len(counts):
+        raise ValueError(f"{len(counts)} inputs were given but the text has {idx} {token!r} placeholders.")
+    return out
+
+
 def _flatten_images(images) -> list:
     if isinstance(images, (list, tuple)):
         flat = []
@@ -199,6 +312,8 @@ def load_processor(name_or_path, model_type: str | None = None, **kwargs):
     fam = family(model_type)  # TypeError naming the supported families
     if fam.processor_class.startswith("Qwen"):
         return QwenVLProcessor.from_pretrained(name_or_path, processor_class=fam.processor_class, **kwargs)
+    if fam.processor_class == "VideoLlavaProcessor":
+        return VideoLlavaPILProcessor.from_pretrained(name_or_path, **kwargs)
     import transformers
 
     # backend="pil" selects CLIPImageProcessorPil / LlavaNextImageProcessorPil (torchvision-free).
