@@ -105,6 +105,19 @@ def relative_evidence_by_group(evidence: torch.Tensor, candidates: torch.Tensor,
     return Scored(scores, rho, "+".join(kinds) or "mean"), per_group
 
 
+def temporal_repeats(keys: torch.Tensor, grid: list, threshold: float) -> torch.Tensor:
+    """(N,) bool: tokens whose key has cosine similarity >= ``threshold`` with the token at the same place
+    ([row, col] of ``grid``) in the previous frame (``grid[j] = [frame, row, col]``); first frames never repeat."""
+    where = {tuple(g): j for j, g in enumerate(grid)}
+    prev = torch.tensor([where.get((g[0] - 1, g[1], g[2]), -1) for g in grid], dtype=torch.long)
+    out = torch.zeros(len(grid), dtype=torch.bool)
+    has = prev >= 0
+    if has.any():
+        k = torch.nn.functional.normalize(keys.float(), dim=-1)
+        out[has] = (k[has] * k[prev[has]]).sum(-1) >= threshold
+    return out
+
+
 def _rank(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     """Indices of ``pool`` (bool mask) ordered by descending score, ties by index (deterministic)."""
     idx = torch.nonzero(pool).flatten()

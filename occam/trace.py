@@ -42,6 +42,7 @@ class StageTrace:
     query_attention: list | None = None        # per query row, per visual token: its attention at K (None: absent)
     frame_references: list | None = None       # video Stage I: per frame, its own reference rho (None: no token)
     frame_reference_kinds: list | None = None  # video Stage I: per frame, "register" or "mean" (fallback)
+    repeats: list | None = None                # video Stage I (temporal_similarity): tokens dropped as repeats
 
 
 @dataclass

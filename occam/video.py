@@ -232,7 +232,8 @@ def read_video(path, num_frames: int | None = 8, *, fps: float | None = None, mi
         cap.release()
     name = os.path.basename(path)
     if decoded == 0:
-        raise ValueError(f"No frame of {name} could be decoded: the file is corrupt or has zero frames.")
+        raise ValueError(f"No frame of {name} could be decoded: the file is corrupt or truncated, or has "
+                         "zero frames.")
     if decoded < count:
         raise ValueError(f"The video {name} is truncated or corrupt: only {decoded} of the {count} frames its "
                          "header announces could be decoded. Re-export or re-download the file.")
