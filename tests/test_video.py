@@ -232,8 +232,9 @@ def test_video_trace_has_frames_timestamps_and_per_frame_counts(vlm, clip):
         assert t == d["frame_times"][f]
     if vlm.family == "video_llava":
         assert d["frame_times"] == pytest.approx(list(clip.timestamps), abs=1e-5)
-    else:   # Qwen: a temporal patch merges 2 frames; its time is the first one's
-        assert d["frame_times"] == pytest.approx(list(clip.timestamps[::2]))
+    else:   # Qwen: a temporal patch merges 2 frames; its time is the mean of theirs (Qwen3-VL's prompt stamps)
+        ts = clip.timestamps
+        assert d["frame_times"] == pytest.approx([(ts[i] + ts[i + 1]) / 2 for i in range(0, len(ts), 2)])
     per = d["counts"]["per_frame"]
     for key, total in (("visual", n), ("after_stage1", d["counts"]["after_stage1"]),
                        ("after_stage2", d["counts"]["after_stage2"]), ("final", d["counts"]["final"])):
@@ -245,8 +246,8 @@ def test_video_trace_has_frames_timestamps_and_per_frame_counts(vlm, clip):
 
 
 def test_video_boxes_follow_the_moving_square(vlm):
-    xs = [4, 20, 36]
-    video = Video.from_frames([square_frame(x, 16) for x in xs] + [square_frame(xs[-1], 16)], fps=1.0)
+    xs = [4, 4, 36, 36]          # Qwen pairs frames (0, 1) and (2, 3) into one temporal patch each
+    video = Video.from_frames([square_frame(x, 16) for x in xs], fps=1.0)
     res = vlm.generate(video, QUESTION, OccamConfig(method="none"), max_new_tokens=1)
     tr = res.trace
     prep = vlm.adapter.prepare(video, QUESTION)
@@ -265,7 +266,7 @@ def test_video_boxes_follow_the_moving_square(vlm):
         if box is None:
             continue
         frame = tr.frames[j]
-        x0 = xs[min(frame * (2 if vlm.family.startswith("qwen") else 1), len(xs) - 1)]
+        x0 = xs[frame * (2 if vlm.family.startswith("qwen") else 1)]
         sq = (x0, 16, x0 + 16, 32)
         overlap = max(0, min(box[2], sq[2]) - max(box[0], sq[0])) * max(0, min(box[3], sq[3]) - max(box[1], sq[1]))
         if bright[j] > (lo + hi) / 2:

@@ -6,7 +6,8 @@ processors (``CLIPImageProcessorPil`` / ``LlavaNextImageProcessorPil``).
 The stock ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` cannot be built without torchvision
 (their ``video_processor`` attribute is type-checked against ``VIDEO_PROCESSOR_MAPPING``, which is a
 dummy when torchvision is missing, even when ``video_processor=None``). :class:`QwenVLProcessor` is a
-minimal image-only replacement with the same calling convention. It also returns
+minimal replacement with the same calling convention, for images and (already decoded, sampled)
+video frames. It also returns
 ``mm_token_type_ids``, which transformers 5.x needs to compute M-RoPE positions
 (Qwen3-VL raises without it; Qwen2.5-VL silently falls back to 1-D positions).
 
@@ -28,7 +29,7 @@ import torch
 from . import family
 
 class QwenVLProcessor:
-    """Image-only processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
+    """Image and video processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
 
     Mirrors what ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` do for images: every
     ``<|image_pad|>`` in the text is expanded into ``grid_t * grid_h * grid_w // merge_size**2``
@@ -87,11 +88,14 @@ class QwenVLProcessor:
     def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
 
-        if videos is not None:
-            raise NotImplementedError("QwenVLProcessor handles images only (videos need torchvision).")
         if text is None:
             raise ValueError("QwenVLProcessor needs `text` (use the chat template to get a prompt).")
         texts = [text] if isinstance(text, str) else list(text)
+        video_inputs: dict[str, Any] = {}
+        if videos is not None:
+            video_inputs, texts = self._videos(videos, texts, kwargs.pop("video_timestamps", None))
+        elif any(self.video_token in t for t in texts):
+            raise ValueError(f"The text contains {self.video_token!r} but no videos were given.")
 
         image_inputs: dict[str, Any] = {}
         if images is not None:
@@ -115,7 +119,62 @@ class QwenVLProcessor:
         elif return_tensors is not None:
             raise ValueError(f"return_tensors={return_tensors!r} is not supported (use 'pt' or None).")
         data.update(image_inputs)
+        data.update(video_inputs)
         return BatchFeature(data=data)
+
+    def _videos(self, videos, texts: list[str], timestamps=None) -> tuple[dict, list[str]]:
+        """Video patches, ``video_grid_thw`` and the expanded text, as the transformers 5 Qwen processors do.
+
+        ``videos``: a list of clips, each a list of frames (already sampled). Every frame goes through the
+        Pillow image processor (smart resize, rescale, normalise, patchify); consecutive frames are then
+        paired into temporal patches (the last frame repeated when the count is odd, as transformers does).
+        ``timestamps`` (seconds per frame, per clip) give Qwen3-VL's ``<t seconds>`` prompt prefixes and
+        Qwen2.5-VL's ``second_per_grid_ts`` (temporal_patch_size / the sampled frame rate).
+        """
+        ip = self.image_processor
+        tp, patch, merge = int(ip.temporal_patch_size), int(ip.patch_size), int(ip.merge_size)
+        pixel_values, grids, seconds, replacements = [], [], [], []
+        for v, clip in enumerate(videos):
+            frames = list(clip)
+            if not frames:
+                raise ValueError("A video has zero frames.")
+            ts = [float(t) for t in timestamps[v]] if timestamps is not None else [float(i) for i in range(len(frames))]
+            while len(frames) % tp:
+                frames.append(frames[-1])
+                ts.append(ts[-1])
+            out = ip(images=frames, return_tensors="pt")
+            gh, gw = (int(x) for x in out["image_grid_thw"][0, 1:])
+            n_frames, groups = len(frames), len(frames) // tp
+            pv = out["pixel_values"].view(n_frames, gh * gw, -1, tp, patch, patch)[:, :, :, 0]   # one copy per frame
+            pv = pv.view(groups, tp, gh * gw, -1, patch, patch).permute(0, 2, 3, 1, 4, 5)       # pair the frames
+            pixel_values.append(pv.reshape(groups * gh * gw, -1))
+            grids.append([groups, gh, gw])
+            span = ts[-1] - ts[0]
+            rate = (n_frames - 1) / span if span > 0 else 1.0
+            seconds.append(tp / rate)
+            per_group = gh * gw // merge**2
+            if self.processor_class == "Qwen3VLProcessor":   # "<t seconds>" + one vision block per temporal patch
+                times = [(ts[i] + ts[i + tp - 1]) / 2 for i in range(0, n_frames, tp)]
+                replacements.append("".join(f"<{t:.1f} seconds>" + self.vision_start_token
+                                            + self.video_token * per_group + self.vision_end_token for t in times))
+            else:
+                replacements.append(self.video_token * (groups * per_group))
+        out_texts, idx = [], 0
+        for t in texts:
+            parts = t.split(self.video_token)
+            s = parts[0]
+            for p in parts[1:]:
+                if idx >= len(replacements):
+                    raise ValueError(f"More {self.video_token!r} placeholders in the text than videos.")
+                s += replacements[idx] + p
+                idx += 1
+            out_texts.append(s)
+        if idx != len(replacements):
+            raise ValueError(f"{len(replacements)} videos were given but the text has {idx} placeholders.")
+        data = {"pixel_values_videos": torch.cat(pixel_values), "video_grid_thw": torch.tensor(grids)}
+        if self.processor_class != "Qwen3VLProcessor":
+            data["second_per_grid_ts"] = torch.tensor(seconds)
+        return data, out_texts
 
     def _expand(self, texts: list[str], counts: list[int]) -> list[str]:
         out, idx = [], 0
