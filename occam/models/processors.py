@@ -257,7 +257,7 @@ class VideoLlavaPILProcessor:
         h, w = pixel_values.shape[-2:]
         return (h // self.patch_size) * (w // self.patch_size) + self.num_additional_image_tokens
 
-    def __call__(self, images=None, text=None, videos=None, return_tensors=None, **kwargs):
+    def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
 
         if text is None:
@@ -276,7 +276,7 @@ class VideoLlavaPILProcessor:
                 raise ValueError("All videos of one call must have the same number of frames.")
             data["pixel_values_videos"] = torch.stack(pvs)
             texts = _expand_each(texts, self.video_token, [self._tokens_per_frame(p) * p.shape[0] for p in pvs])
-        enc = self.tokenizer(texts, return_tensors=return_tensors)
+        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
         data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **data}
         return BatchFeature(data=data)
 
