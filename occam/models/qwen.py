@@ -81,9 +81,8 @@ class QwenAdapter(Adapter):
         grid = [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
         frame = frame_times = None
         if video:   # a temporal patch pairs frames; its time is the mean of theirs (as Qwen3-VL's prompt stamps)
-            ts = list(prep.video.timestamps)
-            tp = len(ts) and -(-len(ts) // t)
-            ts += [ts[-1]] * (t * tp - len(ts))
+            ts, tp = list(prep.video.timestamps), self.visual.config.temporal_patch_size
+            ts += [ts[-1]] * (t * tp - len(ts))                     # the processor repeats the last frame
             frame_times = [(ts[i * tp] + ts[i * tp + tp - 1]) / 2 for i in range(t)]
             frame = torch.arange(t).repeat_interleave(rows * cols)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
