@@ -313,6 +313,12 @@ def build_demo() -> gr.Blocks:
                 with gr.Accordion("Static overlays (PNG)", open=False):
                     gallery = gr.Gallery(columns=5, height="auto", label="Overlays", show_label=False)
 
+        # --- video tab (app/video.py): begin ---
+        from .video import build_video_tab
+        with gr.Tabs():
+            build_video_tab()
+        # --- video tab: end ---
+
         knobs = [model, method, alpha, beta, stage1, stage2, stage2_layer, reference_kind, keep_registers,
                  min_tokens, max_tokens, target, max_new]
         run_outputs = [full_answer, full_meta, pruned_answer, pruned_meta, speed, *plots, hist, stats,
