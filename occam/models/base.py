@@ -97,6 +97,8 @@ class VisionStats:
     register_attention: torch.Tensor | None   # (N,) attention paid by the registers
     cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
     keys: torch.Tensor                        # (N, dk) keys of the scored layer (VisionZip merging)
+    norms: torch.Tensor | None = None         # (N,) L2 norm of the scored layer's output (Qwen: largest of the
+                                              # merged patches; NaN for row-end tokens): read by the premise report
 
     @property
     def explicit(self) -> torch.Tensor:

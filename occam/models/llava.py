@@ -121,7 +121,8 @@ class LlavaAdapter(Adapter):
             register_values=torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)]),
             register_attention=gather([s.register_attention for s in per_tile]),
             cls_attention=gather([s.cls_attention for s in per_tile]),
-            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0))
+            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0),
+            norms=gather(list(x_out.float().norm(dim=-1))))
 
 
 class LlavaNextAdapter(LlavaAdapter):
