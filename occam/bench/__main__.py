@@ -1,12 +1,13 @@
-"""``python -m occam.bench speed|accuracy [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m occam.bench speed|accuracy|premise [options]``: dispatch to a benchmark's ``main(argv)``."""
 from __future__ import annotations
 
 import importlib
 import sys
 
 COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning methods",
-            "accuracy": "answers of the pruned models against the full model / references"}
-USAGE = "usage: python -m occam.bench {speed,accuracy} [options]   (--help after the command for its options)\n" + \
+            "accuracy": "answers of the pruned models against the full model / references",
+            "premise": "does a model meet the method's premise (registers, norms, sinks) on given images"}
+USAGE = "usage: python -m occam.bench {speed,accuracy,premise} [options]   (--help after the command for its options)\n" + \
     "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())
 
 

@@ -102,6 +102,8 @@ class VisionStats:
     cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
     keys: torch.Tensor                        # (N, dk) keys of the scored layer (VisionZip merging)
     register_frame: torch.Tensor | None = None  # video: (len(register_values),) the frame of each register value
+    norms: torch.Tensor | None = None         # (N,) L2 norm of the scored layer's output (Qwen: largest of the
+                                              # merged patches; NaN for row-end tokens): read by the premise report
 
     @property
     def explicit(self) -> torch.Tensor:

@@ -137,6 +137,7 @@ class LlavaAdapter(Adapter):
             register_attention=gather([s.register_attention for s in per_tile]),
             cls_attention=gather([s.cls_attention for s in per_tile]),
             keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0),
+            norms=gather(list(x_out.float().norm(dim=-1))),
             register_frame=torch.cat([torch.full((int(r.sum()),), t) for t, r in enumerate(regs)])
             if per_frame else None)
 

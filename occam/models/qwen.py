@@ -128,7 +128,7 @@ class QwenAdapter(Adapter):
 
         def merged(values: torch.Tensor, how: str = "mean") -> torch.Tensor:
             v = values.reshape(n, unit, *values.shape[1:])[restore.to(values.device)].float().cpu()
-            return v.any(1) if how == "any" else v.mean(1)
+            return v.any(1) if how == "any" else v.amax(1) if how == "max" else v.mean(1)
 
         evidence = merged(st.evidence)
         return VisionStats(
@@ -136,7 +136,7 @@ class QwenAdapter(Adapter):
             register_values=st.evidence[regs].float().cpu(),
             register_attention=merged(st.register_attention) if st.register_attention is not None else None,
             cls_attention=evidence,            # no [CLS]: VisionZip ranks by attention received
-            keys=merged(st.keys),
+            keys=merged(st.keys), norms=merged(x_out.float().norm(dim=-1), "max"),
             register_frame=torch.cat([torch.full((int(r.sum()),), f) for f, r in enumerate(regs_parts)])
             if vis.frame is not None else None)
 
