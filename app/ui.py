@@ -587,6 +587,13 @@ def build_demo() -> gr.Blocks:
                 with gr.Accordion("Static overlays (PNG)", open=False):
                     gallery = gr.Gallery(columns=3, height="auto", label="Overlays", show_label=False,
                                          elem_id="gallery")
+
+        # --- video tab (app/video.py): begin ---
+        from .video import build_video_tab
+        with gr.Tabs():
+            build_video_tab()
+        # --- video tab: end ---
+
         state = gr.State(None)
         knobs = [comps[name] for name in KNOBS]
         run_outputs = [full_answer, full_meta, pruned_answer, pruned_meta, agreement_md, budget_md, speed, *plots,

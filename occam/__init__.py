@@ -11,9 +11,11 @@ from .calibration import calibrate
 from .config import METHODS, OccamConfig
 from .engine import Result
 from .trace import StageTrace, Trace
+from .video import Video, read_video
 from .vlm import VLM
 
-__all__ = ["load", "OccamConfig", "METHODS", "VLM", "Result", "Trace", "StageTrace", "calibrate"]
+__all__ = ["load", "OccamConfig", "METHODS", "VLM", "Result", "Trace", "StageTrace", "calibrate", "Video",
+           "read_video"]
 
 
 def load(name_or_path: str | None = "toy", *, model=None, processor=None, dtype=None, device=None,

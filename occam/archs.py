@@ -88,6 +88,12 @@ def _qwen_chat_template(default_system: str | None) -> str:
     )
 
 
+#: Video-LLaVA: "USER: <video>\n{question} ASSISTANT:" (images first, then videos, then text).
+VIDEO_LLAVA_CHAT_TEMPLATE = LLAVA_CHAT_TEMPLATE.replace(
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}",
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}")
+
 QWEN25_CHAT_TEMPLATE = _qwen_chat_template("You are a helpful assistant.")
 QWEN3_CHAT_TEMPLATE = _qwen_chat_template(None)
 
@@ -170,12 +176,16 @@ def make_tokenizer(*, specials: dict[str, int], byte_offset: int, bos_token: str
     return tokenizer
 
 
-def _llava_tokenizer(image_token_id: int, pad_token_id: int, max_len: int):
-    # Llama/Vicuna layout: <unk>=0, <s>=1, </s>=2, byte tokens 3..258, ..., <image>, <pad>.
+def _llava_tokenizer(image_token_id: int, pad_token_id: int, max_len: int, video_token_id: int | None = None):
+    # Llama/Vicuna layout: <unk>=0, <s>=1, </s>=2, byte tokens 3..258, ..., <image>, (<video>,) <pad>.
     specials = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": image_token_id, "<pad>": pad_token_id}
+    extra = {"image_token": "<image>"}
+    if video_token_id is not None:
+        specials["<video>"] = video_token_id
+        extra["video_token"] = "<video>"
     return make_tokenizer(specials=specials, byte_offset=3, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                          unk_token="<unk>", chat_template=LLAVA_CHAT_TEMPLATE, model_max_length=max_len,
-                          extra_special_tokens={"image_token": "<image>"})
+                          unk_token="<unk>", model_max_length=max_len, extra_special_tokens=extra,
+                          chat_template=LLAVA_CHAT_TEMPLATE if video_token_id is None else VIDEO_LLAVA_CHAT_TEMPLATE)
 
 
 def _qwen_tokenizer(first_special_id: int, chat_template: str, max_len: int):
@@ -248,6 +258,25 @@ _SPECS: dict[str, _Spec] = {
         },
         processor={"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
     ),
+    # LanguageBind/Video-LLaVA-7B-hf: CLIP-L/14 at 224 px for images and (a second tower) video frames,
+    # Vicuna-7B; 8 frames x (256 patches + [CLS]) = 2,056 video tokens
+    "video-llava-7b": _Spec(
+        family="video_llava",
+        config={
+            "architectures": ["VideoLlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+            "video_token_index": 32001, "model_type": "video_llava", "pad_token_id": 32002,
+            "projector_hidden_act": "gelu", "text_config": {**_VICUNA_7B, "pad_token_id": 0},
+            "torch_dtype": "float16", "vision_config": {**_CLIP_L_336, "image_size": 224},
+            "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "image_seq_length": 256,
+            "video_seq_length": 2056, "vocab_size": 32064, "tie_word_embeddings": False,
+        },
+        image_processor={
+            "size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+            "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True, "resample": 3,
+            "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD,
+        },
+        processor={"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+    ),
     # Qwen/Qwen2.5-VL-7B-Instruct (flat text config, as published)
     "qwen2.5-vl-7b": _Spec(
         family="qwen2_5_vl",
@@ -310,6 +339,7 @@ _SPECS: dict[str, _Spec] = {
 # <|endoftext|>=256 ... <|vision_start|>=265, <|vision_end|>=266, <|image_pad|>=268, <|video_pad|>=269.
 _TINY_VOCAB = 320
 _TINY_LLAVA_IMAGE, _TINY_LLAVA_PAD = 259, 260
+_TINY_VLLAVA_VIDEO, _TINY_VLLAVA_PAD = 260, 261   # tiny Video-LLaVA: <image>=259, <video>=260, <pad>=261
 _TINY_QWEN_FIRST = 256
 _TQ = {t: _TINY_QWEN_FIRST + i for i, t in enumerate(QWEN_SPECIAL_NAMES)}
 
@@ -352,6 +382,18 @@ _SPECS.update({
         },
         image_processor={**_TINY_CLIP_PROC, "do_pad": True, "image_grid_pinpoints": _TINY_PINPOINTS},
         processor=dict(_TINY_LLAVA_PROC),
+    ),
+    "tiny-video-llava": _Spec(
+        family="video_llava", tiny=True,
+        config={
+            "model_type": "video_llava", "image_token_index": _TINY_LLAVA_IMAGE,
+            "video_token_index": _TINY_VLLAVA_VIDEO, "pad_token_id": _TINY_VLLAVA_PAD,
+            "projector_hidden_act": "gelu", "text_config": {**_TINY_LLAMA, "pad_token_id": _TINY_VLLAVA_PAD},
+            "vision_config": dict(_TINY_CLIP), "vision_feature_layer": -2,
+            "vision_feature_select_strategy": "default", "image_seq_length": 64, "video_seq_length": 4 * 65,
+            "tie_word_embeddings": False, "vocab_size": _TINY_VOCAB,
+        },
+        image_processor=dict(_TINY_CLIP_PROC), processor=dict(_TINY_LLAVA_PROC),
     ),
     "tiny-qwen2.5-vl": _Spec(
         family="qwen2_5_vl", tiny=True,
@@ -412,8 +454,9 @@ _SPECS.update({
     ),
 })
 
-REAL_ARCH_NAMES: tuple[str, ...] = ("llava-1.5-7b", "llava-next-7b", "qwen2.5-vl-7b", "qwen3-vl-8b")
-TINY_ARCH_NAMES: tuple[str, ...] = ("tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl")
+REAL_ARCH_NAMES: tuple[str, ...] = ("llava-1.5-7b", "llava-next-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "video-llava-7b")
+TINY_ARCH_NAMES: tuple[str, ...] = ("tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl",
+                                   "tiny-video-llava")
 ARCH_NAMES: tuple[str, ...] = REAL_ARCH_NAMES + TINY_ARCH_NAMES
 #: real architecture name -> the published checkpoint whose config it copies (from the family registry)
 HUB_IDS: dict[str, str] = {name: FAMILIES[_SPECS[name].family].hub_id for name in REAL_ARCH_NAMES}
@@ -455,6 +498,15 @@ def processor_for(name: str):
     """An offline processor for architecture ``name`` (tokenizer + PIL image processor + chat template)."""
     spec = _spec(name)
     cfg = spec.config
+    if spec.family == "video_llava":
+        from transformers import CLIPImageProcessorPil
+
+        from .models.processors import VideoLlavaPILProcessor
+
+        tokenizer = _llava_tokenizer(cfg["image_token_index"], cfg["pad_token_id"],
+                                     cfg["text_config"].get("max_position_embeddings", 4096), cfg["video_token_index"])
+        return VideoLlavaPILProcessor(CLIPImageProcessorPil(**spec.image_processor), tokenizer,
+                                      chat_template=VIDEO_LLAVA_CHAT_TEMPLATE, **spec.processor)
     if spec.family in ("llava", "llava_next"):
         from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor
 

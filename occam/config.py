@@ -48,6 +48,8 @@ class OccamConfig:
     max_register_frac: float = 0.02  # at most ceil(2% of N) emergent registers / sinks (ours)
     sink_kappa: float = 10.0         # LM sink: max |h_j,d| >= sink_kappa * median over visual tokens (ours)
     attn_chunk: int = 256            # query rows per chunk when scoring (memory O(chunk x tokens))
+    temporal_similarity: float | None = None  # video Stage I: drop a token whose key is this cosine-similar to the
+                                              # same-position token of the previous frame (a repeat; ours). None: off
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,6 +80,9 @@ class OccamConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 _fail(name, v, "None or an integer >= 0 (a decoder layer index)")
+        t = self.temporal_similarity
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not -1 <= t <= 1):
+            _fail("temporal_similarity", t, "None or a cosine similarity in [-1, 1]")
         if isinstance(self.attn_chunk, bool) or not isinstance(self.attn_chunk, int) or self.attn_chunk < 1:
             _fail("attn_chunk", self.attn_chunk, "an integer >= 1")
         if self.method in ("occam", "topk") and not (self.stage1 or self.stage2):

@@ -112,6 +112,8 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
     trace.kept = keep.tolist()
     trace.counts = {"visual": vis.n, "after_stage1": stage1_len - (full_len - vis.n), "after_stage2": n_final,
                     "final": n_final, "retention": n_final / vis.n if vis.n else 1.0}
+    if vis.frame is not None:                  # video: frame index, time and counts of every frame
+        trace.add_frames(vis.frame.tolist(), vis.frame_times)
     t = clock.times
     t["decode_tokens_per_s"] = (len(tokens) - 1) / t["decode_s"] if len(tokens) > 1 and t["decode_s"] > 0 else None
     trace.timings = {k: round(v, 6) if v is not None else None for k, v in t.items()}
@@ -140,15 +142,16 @@ def vision(ad: Adapter, prep: Prepared, cfg: OccamConfig, clock: Clock):
 def _input_digest(prep: Prepared) -> int:
     """A reproducible number for this input (pixels and prompt), so that a seeded random mask varies per image."""
     digest = 0
-    for key in ("input_ids", "pixel_values"):
-        digest = zlib.crc32(prep.inputs[key].detach().float().cpu().numpy().tobytes(), digest)
+    for key in ("input_ids", "pixel_values", "pixel_values_videos"):
+        if key in prep.inputs:
+            digest = zlib.crc32(prep.inputs[key].detach().float().cpu().numpy().tobytes(), digest)
     return digest
 
 
 def sequence(ad: Adapter, prep: Prepared, vis: VisionOutput, embeds: torch.Tensor, keep: torch.Tensor) -> Sequence:
     """The prompt's embeddings with the visual features in place and the Stage-I-dropped tokens removed."""
     ids = prep.inputs["input_ids"][0]
-    slots = torch.nonzero(ids == ad.image_token_id).flatten()
+    slots = torch.nonzero(ids == ad.placeholder_id(prep)).flatten()
     if slots.numel() != vis.n:
         raise RuntimeError(f"{ad.family}: {slots.numel()} image placeholders but {vis.n} visual features.")
     emb = ad.embed(ids)[0].clone()

@@ -82,6 +82,42 @@ def relative_evidence(evidence: torch.Tensor, candidates: torch.Tensor, register
     return Scored(scores, float(rho), kind)
 
 
+def relative_evidence_by_group(evidence: torch.Tensor, candidates: torch.Tensor, registers: torch.Tensor,
+                               groups: torch.Tensor, reference: str = "register",
+                               register_values: torch.Tensor | None = None,
+                               register_groups: torch.Tensor | None = None) -> tuple[Scored, list[Scored]]:
+    """``relative_evidence`` within each group (video: each frame against its own register reference).
+
+    groups: (n,) long group of each token; register_groups: the group of each ``register_values`` entry.
+    Returns the scores of all tokens together (reference: the mean of the groups' references; kind
+    "register", "mean", or "register+mean" when some groups fell back) and each group's own ``Scored``.
+    """
+    scores = torch.full_like(evidence.float(), float("nan"))
+    per_group = []
+    for g in torch.unique(groups).tolist():
+        m = groups == g
+        vals = register_values[register_groups == g] if register_values is not None else None
+        sc = relative_evidence(evidence[m], candidates[m], registers[m], reference, vals)
+        scores[m] = sc.scores
+        per_group.append(sc)
+    kinds = sorted({sc.reference_kind for sc in per_group}, reverse=True)
+    rho = sum(sc.reference for sc in per_group) / max(1, len(per_group))
+    return Scored(scores, rho, "+".join(kinds) or "mean"), per_group
+
+
+def temporal_repeats(keys: torch.Tensor, grid: list, threshold: float) -> torch.Tensor:
+    """(N,) bool: tokens whose key has cosine similarity >= ``threshold`` with the token at the same place
+    ([row, col] of ``grid``) in the previous frame (``grid[j] = [frame, row, col]``); first frames never repeat."""
+    where = {tuple(g): j for j, g in enumerate(grid)}
+    prev = torch.tensor([where.get((g[0] - 1, g[1], g[2]), -1) for g in grid], dtype=torch.long)
+    out = torch.zeros(len(grid), dtype=torch.bool)
+    has = prev >= 0
+    if has.any():
+        k = torch.nn.functional.normalize(keys.float(), dim=-1)
+        out[has] = (k[has] * k[prev[has]]).sum(-1) >= threshold
+    return out
+
+
 def _rank(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     """Indices of ``pool`` (bool mask) ordered by descending score, ties by index (deterministic)."""
     idx = torch.nonzero(pool).flatten()

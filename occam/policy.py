@@ -9,7 +9,7 @@ import torch
 
 from .config import OccamConfig
 from .evidence import (Scored, budget, keep_by_threshold, keep_top, random_keep, relative_evidence,
-                       visionzip_groups)
+                       relative_evidence_by_group, temporal_repeats, visionzip_groups)
 from .models.base import VisionOutput, VisionStats
 from .trace import StageTrace, _floats
 
@@ -37,8 +37,19 @@ def stage1(vis: VisionOutput, stats: VisionStats | None, cfg: OccamConfig,
     regs = stats.registers
     forced = forced_registers(cfg, regs, stats.explicit)
     cand = ~forced & ~newline
-    sc = relative_evidence(stats.evidence, cand, regs, cfg.reference, stats.register_values)
-    keep, rail, threshold = select(cfg, sc, cand, forced, cfg.alpha, budget(n, cfg.stage1_share(cfg.retention)))
+    frame_refs = frame_kinds = None
+    if vis.frame is None:
+        sc = relative_evidence(stats.evidence, cand, regs, cfg.reference, stats.register_values)
+    else:   # video: every frame against its own reference; one threshold (or budget) over all frames (ours)
+        sc, per_frame = relative_evidence_by_group(stats.evidence, cand, regs, vis.frame.cpu(), cfg.reference,
+                                                   stats.register_values, stats.register_frame)
+        frame_refs, frame_kinds = [p.reference for p in per_frame], [p.reference_kind for p in per_frame]
+    repeats = None
+    if vis.frame is not None and cfg.temporal_similarity is not None:   # video: repeats of the previous frame
+        repeats = temporal_repeats(stats.keys, vis.grid, cfg.temporal_similarity) & cand
+    select_from = cand if repeats is None else cand & ~repeats
+    keep, rail, threshold = select(cfg, sc, select_from, forced, cfg.alpha,
+                                   budget(n, cfg.stage1_share(cfg.retention)))
     if vis.row_id is not None and newline.any():  # a NeXT row-end token stays iff its row keeps a token
         rows_kept = set(vis.row_id[keep & ~newline].tolist())
         keep[newline] = torch.tensor([r in rows_kept for r in vis.row_id[newline].tolist()], dtype=torch.bool)
@@ -48,7 +59,9 @@ def stage1(vis: VisionOutput, stats: VisionStats | None, cfg: OccamConfig,
         register_source=stats.register_source if regs.any() else "none", reference_kind=sc.reference_kind,
         reference=sc.reference, threshold=threshold, scores=_floats(sc.scores), kept=keep.tolist(), rail=rail,
         register_attention=None if stats.register_attention is None else _floats(stats.register_attention),
-        content_left=int((keep & ~regs & ~newline).sum()))
+        content_left=int((keep & ~regs & ~newline).sum()), frame_references=frame_refs,
+        frame_reference_kinds=frame_kinds,
+        repeats=None if repeats is None else torch.nonzero(repeats).flatten().tolist())
 
 
 def _visionzip(vis: VisionOutput, stats: VisionStats, cfg: OccamConfig):

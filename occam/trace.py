@@ -46,6 +46,9 @@ class StageTrace:
     content_left: int | None = None  # kept tokens that are neither registers nor row-end tokens
     query_tokens: list[str] | None = None      # stage2 / fastv: the text of each query row
     query_attention: list | None = None        # per query row, per visual token: its attention at K (None: absent)
+    frame_references: list | None = None       # video Stage I: per frame, its own reference rho (None: no token)
+    frame_reference_kinds: list | None = None  # video Stage I: per frame, "register" or "mean" (fallback)
+    repeats: list | None = None                # video Stage I (temporal_similarity): tokens dropped as repeats
 
 
 @dataclass
@@ -69,6 +72,31 @@ class Trace:
     kv_cache_bytes: int = 0
     sequence: dict = field(default_factory=dict)     # prefill lengths: before/after pruning, per layer
     flags: dict = field(default_factory=dict)        # {"no_content": stage} when a stage kept no content token
+    # video only (None for an image): boxes are in each frame's original pixels, ``image_size`` is the frame size
+    media: str = "image"                             # "image" or "video"
+    frames: list | None = None                       # per visual token: its frame (Qwen: temporal patch) index
+    timestamps: list | None = None                   # per visual token: its frame's time in seconds
+    frame_times: list | None = None                  # per frame: time in seconds
+
+    def add_frames(self, frames: list[int], frame_times: list[float]) -> None:
+        """Record the frame of every token and the counts per frame: visual, after each stage, final."""
+        self.media, self.frames = "video", list(frames)
+        self.frame_times = [round(float(t), 6) for t in frame_times]
+        self.timestamps = [self.frame_times[f] if f >= 0 else None for f in self.frames]
+
+        def per_frame(kept: list[bool]) -> list[int]:
+            counts = [0] * len(self.frame_times)
+            for f, k in zip(self.frames, kept):
+                counts[f] += bool(k)
+            return counts
+
+        vision_side = next((s for s in self.stages if s.name in ("stage1", "visionzip", "random")), None)
+        language_side = next((s for s in self.stages if s.name in ("stage2", "fastv")), None)
+        visual = per_frame([True] * len(self.frames))
+        after1 = per_frame(vision_side.kept) if vision_side is not None else visual
+        self.counts["per_frame"] = {"visual": visual, "after_stage1": after1,
+                                    "after_stage2": per_frame(language_side.kept) if language_side else after1,
+                                    "final": per_frame(self.kept)}
 
     def stage(self, name: str) -> StageTrace | None:
         return next((s for s in self.stages if s.name == name), None)

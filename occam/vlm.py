@@ -1,4 +1,4 @@
-"""``VLM``: a loaded model + processor behind one call, ``generate(image, question, config=...)``."""
+"""``VLM``: a loaded model + processor behind one call, ``generate(image_or_video, question, config=...)``."""
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -10,8 +10,9 @@ from .calibration import calibrate
 from .config import OccamConfig
 from .engine import Result
 from .inputs import check_question, to_rgb
-from .models import adapter_for
+from .models import adapter_for, video_families
 from .models.graphs import segments_for
+from .video import as_video, is_video_input
 
 __all__ = ["VLM", "Result"]
 
@@ -40,15 +41,30 @@ class VLM:
     def num_layers(self) -> int:
         return self.adapter.num_layers
 
+    @property
+    def takes_video(self) -> bool:
+        return self.adapter.takes_video
+
     def generate(self, image, question: str, config: OccamConfig | None = None, max_new_tokens: int = 64,
                  return_cache: bool = False) -> Result:
-        """Answer ``question`` about ``image`` (a PIL image) with greedy decoding under ``config``."""
+        """Answer ``question`` about ``image`` with greedy decoding under ``config``.
+
+        ``image``: a PIL image, or a video: an ``occam.Video``, a path with a video extension, a list of
+        frames (PIL images / H x W x 3 uint8 arrays) or a T x H x W x 3 array (see ``occam.video``). Paths
+        and frame lists are sampled as the model's processor asks (``adapter.video_sampling()``).
+        """
         cfg = OccamConfig() if config is None else config
         if not isinstance(cfg, OccamConfig):
             raise TypeError(f"config must be an occam.OccamConfig, got {type(cfg).__name__}.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: accepted an integer >= 0.")
-        image = to_rgb(image)
+        if is_video_input(image):
+            if not self.adapter.takes_video:
+                raise ValueError(f"This model ({self.family}) takes images only; video input needs one of: "
+                                 + ", ".join(video_families()) + ".")
+            image = as_video(image, **self.adapter.video_sampling())
+        else:
+            image = to_rgb(image)
         question = check_question(question)
         if cfg.uses_stage2:
             cfg.decoder_layer(self.num_layers)  # validates K before any work

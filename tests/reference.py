@@ -46,7 +46,7 @@ def reference_generate(vlm, image, question: str, keep1: torch.Tensor, keep2: to
     prep = ad.prepare(image, question)
     vis = ad.encode(prep)
     ids = prep.inputs["input_ids"][0]
-    slots = torch.nonzero(ids == ad.image_token_id).flatten()
+    slots = torch.nonzero(ids == ad.placeholder_id(prep)).flatten()
     emb = lm.embed_tokens(ids[None])[0].clone()
     emb[slots] = vis.embeds.to(emb.dtype)
     pos = ad.positions(prep)

@@ -14,7 +14,7 @@ from occam.config import OccamConfig
 
 from .reference import reference_generate
 
-FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
+FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-video-llava"]
 QUESTION = "what is in the picture"
 
 

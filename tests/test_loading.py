@@ -25,6 +25,8 @@ TINY_VISUAL_TOKENS = {
     # smart_resize to 48x64 (factor 8) -> 12x16 patches of 4px -> 6x8 merged tokens
     "tiny-qwen2.5-vl": 48,
     "tiny-qwen3-vl": 48,
+    # Video-LLaVA's image path is LLaVA-1.5's: 8x8 patches
+    "tiny-video-llava": 64,
 }
 
 
@@ -68,6 +70,7 @@ def test_arch_names():
     assert set(archs.ARCH_NAMES) == {
         "llava-1.5-7b", "llava-next-7b", "qwen2.5-vl-7b", "qwen3-vl-8b",
         "tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl",
+        "video-llava-7b", "tiny-video-llava",
     }
     with pytest.raises(KeyError):
         archs.config_for("gpt-5")
@@ -83,6 +86,7 @@ def test_tiny_builds_fast_and_small(name):
         "tiny-llava-next": "LlavaNextForConditionalGeneration",
         "tiny-qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
         "tiny-qwen3-vl": "Qwen3VLForConditionalGeneration",
+        "tiny-video-llava": "VideoLlavaForConditionalGeneration",
     }[name]
     assert type(model).__name__ == expected_cls
     assert not model.training
@@ -104,6 +108,7 @@ def test_tiny_builds_fast_and_small(name):
         "tiny-llava-next": "LlavaNextImageProcessorPil",
         "tiny-qwen2.5-vl": "Qwen2VLImageProcessorPil",
         "tiny-qwen3-vl": "Qwen2VLImageProcessorPil",
+        "tiny-video-llava": "CLIPImageProcessorPil",
     }[name]
     assert type(processor.image_processor).__name__ == expected_ip
 
@@ -357,6 +362,10 @@ REAL_EXPECTED = {
         cls="Qwen3VLConfig", hidden=4096, layers=36, heads=32, kv=8, inter=12288, vocab=151936,
         v_hidden=1152, v_layers=27, v_heads=16, patch=16, image_token=151655, params=8_767_123_696,
     ),
+    "video-llava-7b": dict(   # two CLIP-L/14 towers (images, video frames) at 224 px + Vicuna-7B
+        cls="VideoLlavaConfig", hidden=4096, layers=32, heads=32, kv=32, inter=11008, vocab=32064,
+        v_hidden=1024, v_layers=24, v_heads=16, patch=14, image_token=32000, params=7_366_279_168,
+    ),
 }
 
 
@@ -373,7 +382,7 @@ def test_real_configs(name):
     assert (vc.num_hidden_layers if "llava" in name else vc.depth) == e["v_layers"]
     assert (vc.num_attention_heads if "llava" in name else vc.num_heads) == e["v_heads"]
     if "llava" in name:
-        assert vc.image_size == 336 and cfg.vision_feature_layer == -2
+        assert vc.image_size == (224 if name == "video-llava-7b" else 336) and cfg.vision_feature_layer == -2
         assert cfg.vision_feature_select_strategy == "default"
     else:
         assert (cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.video_token_id) == (151652, 151653, 151656)
@@ -413,6 +422,15 @@ def test_real_meta_build_and_token_counts(name):
 
     if name == "llava-1.5-7b":
         assert count(336, 336) == 576 and count(640, 480) == 576
+    elif name == "video-llava-7b":
+        assert count(224, 224) == 256 and count(640, 480) == 256
+        assert cfg.video_token_id == tok.convert_tokens_to_ids("<video>") == 32001
+        frames = [Image.new("RGB", (640, 480), (9 * i, 64, 32)) for i in range(8)]
+        conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+        inputs = processor(videos=[frames], text=[processor.apply_chat_template(conv, add_generation_prompt=True)],
+                           return_tensors="pt")
+        assert int((inputs["input_ids"] == cfg.video_token_id).sum()) == 8 * 257 == cfg.video_seq_length
+        assert inputs["pixel_values_videos"].shape == (1, 8, 3, 224, 224)
     elif name == "llava-next-7b":
         # 672x672 -> best pinpoint 672x672: base 24*24 + 48*48 unpadded grid + 48 newlines
         assert count(672, 672) == 576 + 48 * 48 + 48 == 2928

@@ -1,4 +1,4 @@
-"""``python -m occam.bench speed|accuracy|table [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m occam.bench speed|accuracy|premise|thresholds|table [options]``: dispatch to a benchmark's ``main(argv)``."""
 from __future__ import annotations
 
 import importlib
@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning methods",
             "accuracy": "answers of the pruned models against the full model / references",
+            "premise": "does a model meet the method's premise (registers, norms, sinks) on given images",
             "thresholds": "recommended alpha / beta per target retention, written beside the model",
             "table": "lmms-eval results of --model occam runs -> method x benchmark table"}
 USAGE = f"usage: python -m occam.bench {{{','.join(COMMANDS)}}} [options]   (--help after the command for its options)\n" + \

@@ -1,11 +1,15 @@
-"""``python -m occam.bench accuracy``: accuracy vs AVERAGE retention on the toy world's held-out split.
+"""``python -m occam.bench accuracy``: accuracy vs AVERAGE retention and prefill compute on the toy world's
+held-out split, over several question seeds, with 95% intervals and paired tests.
 
 For each retention level, the fixed-budget methods (topk, fastv, visionzip, random) keep that share of
-the visual tokens of every input; the adaptive ones (occam and its ablations) get alpha / beta from
-``calibrate()`` on separate calibration samples (train split), so that their AVERAGE retention matches,
-while each input keeps as many tokens as its evidence warrants. Reported: accuracy, accuracy relative
-to the full model, mean and spread of kept tokens, and how kept tokens follow scene complexity.
-Writes <out>.md, <out>.json and <out>.png.
+the visual tokens of every input; the adaptive ones (occam, its ablations and knob variants) get alpha /
+beta from ``calibrate()`` on separate calibration samples (train split, per seed), so that their AVERAGE
+retention matches, while each input keeps as many tokens as its evidence warrants. Reported per row:
+average retention, prefill FLOPs and token-layers relative to the full model (FastV and Stage II keep
+every token before layer K, so equal retention is not equal compute), accuracy pooled over the seeds
+with a Wilson 95% interval, per-seed accuracy, kept-token spread and how it follows scene complexity.
+Paired tests: exact McNemar of ``--reference`` (occam) against every other method at each target, on the
+same questions (all seeds pooled), Holm-corrected over all the tests made. Writes <out>.md, .json, .png.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from PIL import Image, ImageDraw
 import occam
 from occam.toy import world
 
+from . import stats
 from .common import load_vlm, md_table
 
 ADAPTIVE = {
@@ -30,21 +35,34 @@ ADAPTIVE = {
     "occam-stage2-only": {"stage1": False},
     "occam-mean-ref": {"reference": "mean"},
 }
+KNOBS = {  # METHOD.md section 8: variants measured against the default, not in the default run
+    "occam-split0.25": {"stage_split": 0.25},
+    "occam-split0.75": {"stage_split": 0.75},
+    "occam-keepreg-all": {"keep_registers": "all"},
+    "occam-keepreg-none": {"keep_registers": "none"},
+}
 FIXED = ("topk", "fastv", "visionzip", "random")
-ALL_METHODS = tuple(ADAPTIVE) + FIXED
+DEFAULT_METHODS = tuple(ADAPTIVE) + FIXED
+ALL_METHODS = DEFAULT_METHODS + tuple(KNOBS)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m occam.bench accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="toy", help="the toy model (default) or a folder of a model trained on the world")
-    p.add_argument("--n", type=int, default=500, help="held-out samples (seeded)")
+    p.add_argument("--n", type=int, default=500, help="held-out questions per seed")
     p.add_argument("--calib", type=int, default=200, help="calibration samples (train split) for the adaptive methods")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="question seeds (pooled for the tests)")
     p.add_argument("--retentions", type=float, nargs="+", default=[0.5, 0.25, 0.11, 0.05])
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=ALL_METHODS)
+    p.add_argument("--reference", nargs="+", default=["occam"], choices=ALL_METHODS,
+                   help="method(s) every other one is tested against (paired, same questions)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the toy model is latency-bound)")
     p.add_argument("--out", default="bench_results/accuracy_toy", help="output path without extension")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    missing = [m for m in args.reference if m not in args.methods]
+    if missing:
+        p.error(f"--reference {' '.join(missing)}: each reference must be one of the --methods run.")
+    return args
 
 
 def calibration_samples(n: int, seed: int) -> tuple[list, str]:
@@ -57,17 +75,22 @@ def calibration_samples(n: int, seed: int) -> tuple[list, str]:
 def config_for(vlm, method: str, retention: float, calib: list) -> occam.OccamConfig:
     if method in FIXED:
         return occam.OccamConfig(method=method, retention=retention)
-    base = occam.OccamConfig(method="occam", **ADAPTIVE[method])
+    base = occam.OccamConfig(method="occam", **{**ADAPTIVE, **KNOBS}[method])
     return vlm.calibrate(calib, retention, base, tol=0.01)
 
 
 def evaluate(vlm, samples, cfg: occam.OccamConfig) -> list[dict]:
+    """One row per question: correctness, kept tokens, prefill compute relative to the full model."""
     rows = []
     for s in samples:
         res = vlm.generate(s.image, s.question, cfg, max_new_tokens=3)
+        tr = res.trace
+        per_layer = tr.sequence["per_layer"]
         rows.append({"qtype": s.qtype, "correct": res.text.strip().lower() == s.answer,
-                     "kept": res.trace.counts["final"], "visual": res.trace.counts["visual"],
-                     **s.scene.complexity})
+                     "kept": tr.counts["final"], "visual": tr.counts["visual"],
+                     "flops_rel": tr.flops["prefill"] / tr.flops["prefill_full"],
+                     "token_layers_rel": sum(per_layer) / (tr.sequence["prompt"] * len(per_layer)),
+                     "no_content": bool(tr.flags.get("no_content")), **s.scene.complexity})
     return rows
 
 
@@ -78,105 +101,175 @@ def pearson(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _acc(rows):
+    return sum(r["correct"] for r in rows) / len(rows) if rows else None
+
+
 def summarize(rows: list[dict], full_acc: float | None) -> dict:
+    """Accuracy (with its Wilson 95% interval), compute, and kept-token statistics of pooled rows."""
     kept = [r["kept"] for r in rows]
-    acc = sum(r["correct"] for r in rows) / len(rows)
-    per_type = {t: _acc([r for r in rows if r["qtype"] == t]) for t in world.QTYPES}
+    right = sum(r["correct"] for r in rows)
+    acc = right / len(rows)
     by_bg = {b: statistics.mean([r["kept"] for r in rows if r["background"] == b] or [float("nan")])
              for b in world.BACKGROUNDS}
-    return {"accuracy": acc, "relative": acc / full_acc if full_acc else None, "per_type": per_type,
+    return {"accuracy": acc, "ci95": stats.wilson(right, len(rows)), "n": len(rows),
+            "relative": acc / full_acc if full_acc else None,
+            "per_type": {t: _acc([r for r in rows if r["qtype"] == t]) for t in world.QTYPES},
             "kept_mean": statistics.mean(kept), "kept_std": statistics.pstdev(kept),
             "retention": statistics.mean(r["kept"] / r["visual"] for r in rows),
+            "flops_rel": statistics.mean(r["flops_rel"] for r in rows),
+            "token_layers_rel": statistics.mean(r["token_layers_rel"] for r in rows),
+            "no_content": statistics.mean(r["no_content"] for r in rows),
             "corr_kept_objects": pearson(kept, [r["n_objects"] for r in rows]),
             "corr_kept_area": pearson(kept, [r["object_area_frac"] for r in rows]),
             "kept_by_background": by_bg}
 
 
-def _acc(rows):
-    return sum(r["correct"] for r in rows) / len(rows) if rows else None
+def paired_tests(outcomes: dict, references: list[str], level: float = 0.05) -> list[dict]:
+    """Exact McNemar of each reference against every other method at each target, Holm-corrected together.
+
+    outcomes: {(target, method): [correct per question, all seeds concatenated in the same order]}.
+    A pair of references is tested once.
+    """
+    tests = []
+    for i, ref in enumerate(references):
+        for (target, method), correct in outcomes.items():
+            if method == ref or method in references[:i] or (target, ref) not in outcomes:
+                continue
+            only_ref, only_other = stats.discordant(outcomes[(target, ref)], correct)
+            tests.append({"target": target, "reference": ref, "method": method, "only_reference": only_ref,
+                          "only_method": only_other, "p": stats.mcnemar_exact(only_ref, only_other)})
+    for t, p_holm in zip(tests, stats.holm([t["p"] for t in tests])):
+        t["p_holm"] = p_holm
+        t["verdict"] = stats.verdict(t["only_reference"], t["only_method"], p_holm, level)
+    return tests
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     vlm = load_vlm(args.model)
-    samples = world.dataset("heldout", args.n, seed=args.seed)
-    calib, _ = calibration_samples(args.calib, args.seed)
-    full = summarize(evaluate(vlm, samples, occam.OccamConfig(method="none")), None)
+    full_rows, rows, params = [], {}, {}
+    for seed in args.seeds:
+        samples = world.dataset("heldout", args.n, seed=seed)
+        calib, _ = calibration_samples(args.calib, seed)
+        full_rows.append(evaluate(vlm, samples, occam.OccamConfig(method="none")))
+        for r in args.retentions:
+            for m in args.methods:
+                cfg = config_for(vlm, m, r, calib)
+                rows.setdefault((r, m), []).append(evaluate(vlm, samples, cfg))
+                params.setdefault((r, m), []).append({"alpha": cfg.alpha, "beta": cfg.beta})
+                got = rows[(r, m)][-1]
+                print(f"  seed {seed} target {r:.2f} {m:<18} retention {statistics.mean(x['kept'] / x['visual'] for x in got):.3f}"
+                      f" acc {_acc(got):.3f}", flush=True)
+    full = summarize(sum(full_rows, []), None)
+    full["per_seed"] = [_acc(x) for x in full_rows]
     results = []
-    for r in args.retentions:
-        for m in args.methods:
-            cfg = config_for(vlm, m, r, calib)
-            stats = summarize(evaluate(vlm, samples, cfg), full["accuracy"])
-            results.append({"method": m, "target": r, "alpha": cfg.alpha, "beta": cfg.beta, **stats})
-            print(f"  target {r:.2f} {m:<18} retention {stats['retention']:.3f} acc {stats['accuracy']:.3f}",
-                  flush=True)
-    return {"model": args.model, "n": args.n, "calib": args.calib, "seed": args.seed,
-            "num_visual": vlm.generate(samples[0].image, samples[0].question,
-                                       occam.OccamConfig(method="none"), max_new_tokens=0).trace.num_visual,
-            "full": full, "results": results, "wall_s": round(time.perf_counter() - t0, 1)}
+    for (r, m), per_seed in rows.items():
+        pooled = sum(per_seed, [])
+        results.append({"method": m, "target": r, "params": params[(r, m)], **summarize(pooled, full["accuracy"]),
+                        "per_seed": [_acc(x) for x in per_seed],
+                        "correct": ["".join("1" if x["correct"] else "0" for x in rs) for rs in per_seed]})
+    outcomes = {(r["target"], r["method"]): [c == "1" for c in "".join(r["correct"])] for r in results}
+    return {"model": args.model, "n": args.n, "seeds": args.seeds, "calib": args.calib,
+            "num_visual": full_rows[0][0]["visual"], "full": full, "results": results,
+            "tests": paired_tests(outcomes, args.reference), "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def _f(x, fmt="{:.3f}"):
     return "–" if x is None or (isinstance(x, float) and x != x) else fmt.format(x)
 
 
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def markdown(rep: dict) -> str:
-    full = rep["full"]
-    head = (f"Model `{rep['model']}`, {rep['n']} held-out questions (seed {rep['seed']}), "
-            f"{rep['num_visual']} visual tokens per image; adaptive methods calibrated on {rep['calib']} "
-            f"train-split samples.\n\n")
-    types = md_table(["question type", *world.QTYPES, "overall"],
+    full, seeds = rep["full"], rep["seeds"]
+    n_all = rep["n"] * len(seeds)
+    head = (f"Model `{rep['model']}`, {rep['n']} held-out questions per seed, seeds {', '.join(map(str, seeds))} "
+            f"({n_all} questions pooled), {rep['num_visual']} visual tokens per image; adaptive methods calibrated "
+            f"per seed on {rep['calib']} train-split samples. Accuracy: pooled, with a Wilson 95% interval. "
+            f"Compute: mean language-model prefill FLOPs (and token-layers, in the JSON) relative to the full "
+            f"model on the same prompt (the vision encoder is the same for every method and not counted).\n\n")
+    types = md_table(["question type", *world.QTYPES, "overall [95% CI]", "per seed"],
                      [["full model accuracy", *(_f(full["per_type"][t]) for t in world.QTYPES),
-                       _f(full["accuracy"])]])
-    rows = [[_f(r["target"], "{:.2f}"), r["method"], _f(r["retention"]), _f(r["accuracy"]), _f(r["relative"]),
-             f"{r['kept_mean']:.1f} ± {r['kept_std']:.1f}", _f(r["corr_kept_objects"], "{:+.2f}"),
+                       f"{_f(full['accuracy'])} [{_f(full['ci95'][0])}, {_f(full['ci95'][1])}]",
+                       " / ".join(_f(a) for a in full["per_seed"])]])
+    rows = [[_f(r["target"], "{:.2f}"), r["method"], _f(r["retention"]), _f(r["flops_rel"]),
+             f"{_f(r['accuracy'])} [{_f(r['ci95'][0])}, {_f(r['ci95'][1])}]",
+             " / ".join(_f(a) for a in r["per_seed"]), f"{r['kept_mean']:.1f} ± {r['kept_std']:.1f}",
+             _f(r["corr_kept_objects"], "{:+.2f}"), _f(100 * r["no_content"], "{:.0f}%"),
              " / ".join(_f(r["kept_by_background"][b], "{:.1f}") for b in world.BACKGROUNDS)]
             for r in rep["results"]]
-    table = md_table(["target", "method", "avg retention", "accuracy", "relative", "kept tokens (mean ± sd)",
-                      "r(kept, #objects)", "kept by background (" + " / ".join(world.BACKGROUNDS) + ")"], rows)
-    return head + types + "\n\n" + table + "\n"
+    table = md_table(["target", "method", "avg retention", "prefill FLOPs (rel.)", "accuracy [95% CI]",
+                      "per seed (" + " / ".join(map(str, seeds)) + ")", "kept tokens (mean ± sd)",
+                      "r(kept, #objects)", "no content", "kept by background (" + " / ".join(world.BACKGROUNDS) + ")"],
+                     rows)
+    tests = rep["tests"]
+    test_rows = [[_f(t["target"], "{:.2f}"), f"{t['reference']} vs {t['method']}", t["only_reference"],
+                  t["only_method"], _p(t["p"]), _p(t["p_holm"]), t["verdict"]] for t in tests]
+    paired = (f"\n\nPaired tests ({len(tests)} in all): exact McNemar on the {n_all} shared questions, p-values "
+              f"Holm-corrected over all {len(tests)}; the verdict is for the first method named: win / loss where "
+              f"the corrected p < 0.05, tie otherwise.\n\n" +
+              md_table(["target", "comparison", "only first right", "only second right", "p", "p (Holm)",
+                        "verdict"], test_rows)) if tests else ""
+    return head + types + "\n\n" + table + paired + "\n"
 
 
-def plot(rep: dict, path: Path, size=(900, 560)) -> None:
-    """Accuracy vs average retention, one line per method (Pillow only)."""
-    w, h = size
-    left, right, top, bottom = 70, 200, 30, 60
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    rets = sorted({r["retention"] for r in rep["results"]} | {1.0})
-    xmin, xmax = np.log10(min(rets) * 0.8), 0.0
-    X = lambda v: left + (np.log10(v) - xmin) / (xmax - xmin) * (w - left - right)  # noqa: E731
-    Y = lambda a: top + (1 - a) * (h - top - bottom)  # noqa: E731
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for a in np.linspace(0, 1, 6):
-        d.line([left, Y(a), w - right, Y(a)], fill=(225, 225, 225))
-        d.text((left - 40, Y(a) - 6), f"{a:.1f}", fill="black")
+def _panel(d: ImageDraw.ImageDraw, rep: dict, box: tuple, xkey: str, xlabel: str, colors: dict) -> None:
+    """One accuracy panel (log x), each point with its 95% interval as a whisker."""
+    x0, y0, x1, y1 = box
+    xs = [r[xkey] for r in rep["results"]] + [1.0]
+    xmin = np.log10(min(xs) * 0.8)
+    X = lambda v: x0 + (np.log10(v) - xmin) / -xmin * (x1 - x0)  # noqa: E731
+    ymin = min(0.5, np.floor(min(r["ci95"][0] for r in rep["results"]) * 10) / 10)
+    Y = lambda a: y0 + (1 - a) / (1 - ymin) * (y1 - y0)  # noqa: E731
+    d.rectangle([x0, y0, x1, y1], outline="black")
+    for a in np.arange(ymin, 1.0001, 0.1):
+        d.line([x0, Y(a), x1, Y(a)], fill=(225, 225, 225))
+        d.text((x0 - 30, Y(a) - 6), f"{a:.1f}", fill="black")
     for v in (0.05, 0.1, 0.25, 0.5, 1.0):
         if np.log10(v) >= xmin:
-            d.text((X(v) - 12, h - bottom + 8), f"{v:g}", fill="black")
-    d.text(((w - right + left) / 2 - 90, h - 28), "average retention (log scale)", fill="black")
-    d.text((8, top - 22), "accuracy on the held-out questions", fill="black")
+            d.text((X(v) - 12, y1 + 8), f"{v:g}", fill="black")
+    d.text(((x0 + x1) / 2 - 4 * len(xlabel) / 2 - 20, y1 + 28), xlabel + " (log scale)", fill="black")
     full_y = Y(rep["full"]["accuracy"])
-    for x0 in range(left, w - right, 8):  # the full model: a dashed black line
-        d.line([x0, full_y, min(x0 + 4, w - right), full_y], fill="black", width=1)
-    palette = [(214, 39, 40), (255, 127, 14), (188, 189, 34), (148, 103, 189), (31, 119, 180), (44, 160, 44),
-               (23, 190, 207), (127, 127, 127), (140, 86, 75)]
-    methods = list(dict.fromkeys(r["method"] for r in rep["results"]))
-    for i, m in enumerate(methods):
-        pts = sorted((r["retention"], r["accuracy"]) for r in rep["results"] if r["method"] == m)
-        xy = [(X(x), Y(y)) for x, y in pts]
-        color = palette[i % len(palette)]
+    for x in range(int(x0), int(x1), 8):  # the full model: a dashed black line
+        d.line([x, full_y, min(x + 4, x1), full_y], fill="black", width=1)
+    for m, color in colors.items():
+        pts = sorted((r[xkey], r["accuracy"], *r["ci95"]) for r in rep["results"] if r["method"] == m)
+        xy = [(X(x), Y(y)) for x, y, _, _ in pts]
         if len(xy) > 1:
             d.line(xy, fill=color, width=3 if m == "occam" else 2)
-        for x, y in xy:
+        for (x, y), (_, _, lo, hi) in zip(xy, pts):
+            d.line([x, Y(lo), x, Y(hi)], fill=color, width=1)
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        d.line([w - right + 15, top + 10 + 20 * i, w - right + 40, top + 10 + 20 * i], fill=color, width=3)
-        d.text((w - right + 45, top + 4 + 20 * i), m, fill="black")
+
+
+def plot(rep: dict, path: Path, size=(1400, 560)) -> None:
+    """Accuracy vs average retention and vs prefill FLOPs, one line per method, 95% whiskers (Pillow only)."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    palette = [(214, 39, 40), (255, 127, 14), (188, 189, 34), (148, 103, 189), (31, 119, 180), (44, 160, 44),
+               (23, 190, 207), (127, 127, 127), (140, 86, 75), (227, 119, 194), (0, 0, 128), (128, 128, 0)]
+    methods = list(dict.fromkeys(r["method"] for r in rep["results"]))
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    legend, top, bottom, panel_w = 200, 40, 70, (w - 200 - 60 * 2) // 2
+    for i, (key, label) in enumerate((("retention", "average retention"),
+                                      ("flops_rel", "prefill FLOPs relative to the full model"))):
+        left = 50 + i * (panel_w + 60)
+        _panel(d, rep, (left, top, left + panel_w, h - bottom), key, label, colors)
+    d.text((10, 10), f"accuracy on the held-out questions ({rep['n']} x {len(rep['seeds'])} seeds), "
+                     "whiskers: Wilson 95% interval", fill="black")
+    lx = w - legend + 10
+    for i, m in enumerate(methods):
+        d.line([lx, top + 10 + 20 * i, lx + 25, top + 10 + 20 * i], fill=colors[m], width=3)
+        d.text((lx + 30, top + 4 + 20 * i), m, fill="black")
     y = top + 10 + 20 * len(methods)
-    for x0 in (w - right + 15, w - right + 24, w - right + 33):
-        d.line([x0, y, x0 + 5, y], fill="black", width=1)
-    d.text((w - right + 45, y - 6), f"full model {rep['full']['accuracy']:.3f}", fill="black")
+    for x in (lx, lx + 9, lx + 18):
+        d.line([x, y, x + 5, y], fill="black", width=1)
+    d.text((lx + 30, y - 6), f"full model {rep['full']['accuracy']:.3f}", fill="black")
     img.save(path)
 
 

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--image", default=None, help="an image file (default: a generated photo-like image)")
     p.add_argument("--image-size", default="640x480", help="WxH of the generated image (default 640x480)")
+    p.add_argument("--video", default=None, help="a video file (models that take video), sampled as the model asks")
+    p.add_argument("--frames", type=int, default=None,
+                   help="a generated video of N frames of --image-size (one photo-like picture per frame)")
     p.add_argument("--question", default=QUESTION)
     p.add_argument("--fastv-layer", type=int, default=2,
                    help="FastV's K at full depth; with --text-layers it is scaled to the kept depth (as occam's K is)")
@@ -299,7 +302,8 @@ def markdown(report: dict) -> str:
     k = next((v["sequence"]["stage2_layer"] for v in r["variants"] if v["method"] == "occam"), None)
     setup = (f"- model: `{r['model']}` ({r['family']}, {r['num_text_layers']} decoder layers), {r['device']}, "
              f"{r['dtype']}, torch {r['torch']}, {r['threads']} threads\n"
-             f"- input: {r['image_size'][0]}x{r['image_size'][1]} image, {r['visual_tokens']} visual tokens, "
+             f"- input: {r['image_size'][0]}x{r['image_size'][1]} "
+             f"{str(r.get('frames')) + '-frame video' if r.get('frames') else 'image'}, {r['visual_tokens']} visual tokens, "
              f"{r['prompt_tokens']} prompt tokens; {r['max_new_tokens']} new tokens\n"
              f"- {r['warmup']} warm-up round(s), then {r['reps']} round(s) in which every pruned variant is timed "
              f"next to a run of the full model (full first / second in even / odd rounds, variant order rotated); "
@@ -341,7 +345,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     vlm = load_vlm(args.model, args.text_layers, args.dtype, args.device)
-    if args.image:
+    if args.video:
+        image = occam.read_video(args.video, **vlm.adapter.video_sampling())
+    elif args.frames:
+        w, h = (int(x) for x in args.image_size.lower().split("x"))
+        image = occam.Video.from_frames([bench_image(w, h, seed=i) for i in range(args.frames)], fps=1.0)
+    elif args.image:
         image = open_image(args.image)
     else:
         w, h = (int(x) for x in args.image_size.lower().split("x"))
@@ -360,7 +369,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
              "retentions": args.retention, "hf_forward_s": hf, "none_vision_prefill_s": none,
              "none_over_hf": none["median"] / hf["median"],
              "roofline": roofline_device(vlm.adapter.device, args.peak_tflops, args.mem_bandwidth)}
-    return build_report(vlm, variants, traces, partner, memory, setup)
+    report = build_report(vlm, variants, traces, partner, memory, setup)
+    report["frames"] = len(image) if isinstance(image, occam.Video) else None
+    return report
 
 
 #: dense bf16/fp16 peak (TFLOP/s) and memory bandwidth (GB/s) from the vendors' spec sheets (SXM parts)

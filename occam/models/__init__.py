@@ -1,11 +1,11 @@
-"""The four supported families, in one registry, and their adapters: the only code that knows
+"""The supported families, in one registry, and their adapters: the only code that knows
 Hugging Face internals (with ``processors``, which builds their inputs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .base import Adapter
-from .llava import LlavaAdapter, LlavaNextAdapter
+from .llava import LlavaAdapter, LlavaNextAdapter, VideoLlavaAdapter
 from .qwen import Qwen3Adapter, QwenAdapter
 
 
@@ -28,15 +28,22 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            "Qwen/Qwen2.5-VL-7B-Instruct"),
     Family("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", Qwen3Adapter,
            "Qwen/Qwen3-VL-8B-Instruct"),
+    Family("video_llava", "Video-LLaVA", "VideoLlavaForConditionalGeneration", "VideoLlavaProcessor",
+           VideoLlavaAdapter, "LanguageBind/Video-LLaVA-7B-hf"),
 )}
+
+
+def video_families() -> list[str]:
+    """Labels of the families that take video input."""
+    return [f.label for f in FAMILIES.values() if f.adapter.takes_video]
 
 
 def family(model_type) -> Family:
     """The registry entry of a ``config.model_type``; TypeError naming the supported ones otherwise."""
     if model_type not in FAMILIES:
         accepted = ", ".join(f"{mt!r} ({f.label})" for mt, f in FAMILIES.items())
-        raise TypeError(f"Unsupported model_type {model_type!r}: OccamToken supports exactly four families: "
-                        f"{accepted}.")
+        raise TypeError(f"Unsupported model_type {model_type!r}: OccamToken supports exactly {len(FAMILIES)} "
+                        f"families: {accepted}.")
     return FAMILIES[model_type]
 
 

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from ..evidence import attention_colmean
 from ..registers import high_norm_tokens
+from ..video import Video
 
 _CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("occam_capture", default=None)
 
@@ -64,10 +65,11 @@ class Probe:
 
 @dataclass
 class Prepared:
-    """Model inputs for one (image, question), plus what the trace needs to know about the image."""
+    """Model inputs for one (image or video, question), plus what the trace needs to know about the input."""
     inputs: dict
-    image_size: tuple[int, int]        # original (width, height)
+    image_size: tuple[int, int]        # original (width, height) of the image, or of every video frame
     prompt: str
+    video: Video | None = None         # the sampled clip, for a video input
 
 
 @dataclass
@@ -81,6 +83,8 @@ class VisionOutput:
     row_id: torch.Tensor | None = None  # (N,) long: NeXT row of a tile token / newline, -1 else
     deepstack: list | None = None       # Qwen3-VL: per LM layer, (N, D) features added after it
     captured: dict | None = None        # the scored layer's input / kwargs / output, read by ``stats``
+    frame: torch.Tensor | None = None   # video: (N,) long, the frame (Qwen: temporal patch) of each token
+    frame_times: list | None = None     # video: seconds, per frame index of ``frame``
 
     @property
     def n(self) -> int:
@@ -97,6 +101,9 @@ class VisionStats:
     register_attention: torch.Tensor | None   # (N,) attention paid by the registers
     cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
     keys: torch.Tensor                        # (N, dk) keys of the scored layer (VisionZip merging)
+    register_frame: torch.Tensor | None = None  # video: (len(register_values),) the frame of each register value
+    norms: torch.Tensor | None = None         # (N,) L2 norm of the scored layer's output (Qwen: largest of the
+                                              # merged patches; NaN for row-end tokens): read by the premise report
 
     @property
     def explicit(self) -> torch.Tensor:
@@ -166,6 +173,7 @@ class Adapter:
 
     family = "base"
     mrope = False          # positions are (3, L) M-RoPE ids instead of (1, L)
+    takes_video = False    # whether ``prepare`` / ``encode`` accept an ``occam.Video``
 
     def __init__(self, model, processor, preprocess: str = "auto"):
         """``preprocess``: "pil" (Pillow image processors), "torchvision" (their torchvision twins, run on the
@@ -209,6 +217,14 @@ class Adapter:
     def image_token_id(self) -> int:
         return self.config.image_token_id
 
+    def placeholder_id(self, prep: Prepared) -> int:
+        """The token id whose slots the visual features fill: the image token, or the video token for a video."""
+        return self.config.video_token_id if prep.video is not None else self.image_token_id
+
+    def video_sampling(self) -> dict:
+        """How a video file or frame list is sampled for this model (``occam.video.as_video`` keywords)."""
+        return {"num_frames": 8}
+
     @property
     def eos_token_ids(self) -> set[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -216,21 +232,36 @@ class Adapter:
             eos = self.processor.tokenizer.eos_token_id
         return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
-    def build_prompt(self, question: str) -> str:
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    def build_prompt(self, question: str, media: str = "image") -> str:
+        conversation = [{"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
     def prepare(self, image, question: str) -> Prepared:
-        """The processor's inputs for the family's chat prompt, on the model's device and dtype."""
+        """The processor's inputs for the family's chat prompt, on the model's device and dtype.
+
+        ``image``: a PIL image, or an ``occam.Video`` for a family that takes video."""
+        if isinstance(image, Video):
+            if not self.takes_video:
+                raise ValueError(f"{self.family} takes images only.")
+            return self.prepare_video(image, question)
         prompt = self.build_prompt(question)
         if self.device_processor is not None:
             inputs = self.device_processor(images=[image], text=[prompt], return_tensors="pt", device=self.device)
         else:
             inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        return Prepared(self._to_device(inputs), image.size, prompt)
+
+    def prepare_video(self, video: Video, question: str) -> Prepared:
+        prompt = self.build_prompt(question, "video")
+        inputs = self.processor(videos=[list(video.frames)], text=[prompt], return_tensors="pt")
+        return Prepared(self._to_device(inputs), video.size, prompt, video=video)
+
+    def _to_device(self, inputs) -> dict:
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return Prepared(dict(inputs), image.size, prompt)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.model.dtype)
+        return inputs
 
     def token_texts(self, ids: torch.Tensor) -> list[str]:
         """The text of each token id, for the trace (e.g. Stage II's query tokens)."""

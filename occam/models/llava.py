@@ -1,10 +1,15 @@
-"""LLaVA-1.5 (LlavaForConditionalGeneration) and LLaVA-NeXT (LlavaNextForConditionalGeneration).
+"""LLaVA-1.5 (LlavaForConditionalGeneration), LLaVA-NeXT (LlavaNextForConditionalGeneration) and
+Video-LLaVA (VideoLlavaForConditionalGeneration).
 
 Reads: the vision tower (CLIP, SigLIP, or DINOv2-with-registers for the project's toy model), whose
 hidden state at ``vision_feature_layer`` is projected into the language model; the encoder layer that
 produces it is the scored layer (its own layer norm, q / k projections and scale). Visual tokens come
 from the model's own ``get_image_features``. LLaVA-NeXT's token layout (base + anyres tiles, unpadding,
 image_newline) is obtained by running the model's own ``pack_image_features`` on token indices.
+Video-LLaVA: images go through its ``image_tower`` exactly as LLaVA-1.5's; a video goes through its
+``video_tower`` (the same CLIP layout, applied frame by frame) via the model's own ``get_video_features``,
+which keeps each frame's [CLS]: every frame gives [CLS] + patches to the language model, and the scored
+layer is the video tower's layer at ``vision_feature_layer`` (a second ``Probe``).
 Modifies: nothing (see ``base``).
 """
 from __future__ import annotations
@@ -13,7 +18,8 @@ import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
-from .base import Adapter, Prepared, VisionOutput, VisionStats, emergent_registers, split_heads, vision_token_stats
+from .base import (Adapter, Prepared, Probe, VisionOutput, VisionStats, emergent_registers, split_heads,
+                   vision_token_stats)
 
 
 def _encoder_layers(tower) -> torch.nn.ModuleList:
@@ -33,7 +39,7 @@ class LlavaAdapter(Adapter):
 
     def __init__(self, model, processor, preprocess: str = "auto"):
         cfg, vc = model.config, model.config.vision_config
-        self.layers = _encoder_layers(model.model.vision_tower)
+        self.layers = _encoder_layers(self._image_tower(model))
         feature = cfg.vision_feature_layer
         feature = feature[-1] if isinstance(feature, (list, tuple)) else feature  # scored: the last one
         index = feature % (len(self.layers) + 1)          # into hidden_states = (embeddings, layer 0, ...)
@@ -44,6 +50,10 @@ class LlavaAdapter(Adapter):
         self.offset = 1 if cfg.vision_feature_select_strategy == "default" else 0   # the LM drops [CLS]
         self.grid = vc.image_size // vc.patch_size
         super().__init__(model, processor, preprocess)
+
+    @staticmethod
+    def _image_tower(model) -> torch.nn.Module:
+        return model.model.vision_tower
 
     def vision_layer(self) -> torch.nn.Module:
         return self.layers[self.layer_index]
@@ -83,6 +93,7 @@ class LlavaAdapter(Adapter):
         a query, never a register, and its attention row is VisionZip's ranking.
         """
         src, x_in, x_out = vis.captured["src"], vis.captured["input"], vis.captured["output"]   # (tiles, T, C)
+        per_frame = vis.frame is not None        # video: tiles are frames, each with its own registers
         tiles, tokens = x_in.shape[0], x_in.shape[1]
         if self.n_registers:
             regs = torch.zeros(tiles, tokens, dtype=torch.bool, device=x_in.device)
@@ -91,10 +102,14 @@ class LlavaAdapter(Adapter):
         else:
             cand = torch.ones(tiles, tokens, dtype=torch.bool, device=x_in.device)
             cand[:, 0] = False
-            regs = emergent_registers(x_out.reshape(tiles * tokens, -1), cand.flatten(), cfg.kappa,
-                                      cfg.max_register_frac).view(tiles, tokens)
+            if per_frame:
+                regs = torch.stack([emergent_registers(x_out[t], cand[t], cfg.kappa, cfg.max_register_frac)
+                                    for t in range(tiles)])
+            else:
+                regs = emergent_registers(x_out.reshape(tiles * tokens, -1), cand.flatten(), cfg.kappa,
+                                          cfg.max_register_frac).view(tiles, tokens)
             source = "emergent"
-        layer = self.probe.module
+        layer = vis.captured.get("module", self.probe.module)
         norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
         heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
@@ -104,7 +119,7 @@ class LlavaAdapter(Adapter):
             h = norm(x_in[t])
             q, k = split_heads(attn.q_proj(h), heads), split_heads(attn.k_proj(h), heads)
             per_tile.append(vision_token_stats(q, k, scale, regs[t], 0, cfg.attn_chunk))
-        lm = slice(self.offset, None)
+        lm = slice(vis.captured.get("offset", self.offset), None)
 
         def gather(values: list[torch.Tensor | None], fill: float = float("nan")) -> torch.Tensor | None:
             if any(v is None for v in values):
@@ -121,7 +136,10 @@ class LlavaAdapter(Adapter):
             register_values=torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)]),
             register_attention=gather([s.register_attention for s in per_tile]),
             cls_attention=gather([s.cls_attention for s in per_tile]),
-            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0))
+            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0),
+            norms=gather(list(x_out.float().norm(dim=-1))),
+            register_frame=torch.cat([torch.full((int(r.sum()),), t) for t, r in enumerate(regs)])
+            if per_frame else None)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -167,3 +185,43 @@ class LlavaNextAdapter(LlavaAdapter):
                 boxes.append(canvas.box(x0, y0, x0 + cell, y0 + cell, w, h))
                 grid.append([tile, r, c]), rows.append(tr * self.grid + r)
         return src, boxes, grid, kinds, torch.tensor(rows)
+
+
+class VideoLlavaAdapter(LlavaAdapter):
+    """Video-LLaVA: LLaVA-1.5 for images (``image_tower``), frames x ([CLS] + patches) for a video."""
+
+    family = "video_llava"
+    takes_video = True
+
+    def __init__(self, model, processor, preprocess: str = "auto"):
+        super().__init__(model, processor, preprocess)
+        self.video_probe = Probe(_encoder_layers(model.model.video_tower)[self.layer_index])
+
+    @staticmethod
+    def _image_tower(model) -> torch.nn.Module:
+        return model.model.image_tower
+
+    def encode(self, prep: Prepared) -> VisionOutput:
+        if prep.video is None:
+            return super().encode(prep)
+        pv = prep.inputs["pixel_values_videos"]                     # (1, frames, C, H, W)
+        with self.video_probe.capture() as cap:
+            out = self.model.model.get_video_features(pixel_values_videos=pv, return_dict=True)
+        embeds = out.pooler_output.flatten(0, 1)                    # (frames * (1 + P), D)
+        frames = pv.shape[1]
+        per = embeds.shape[0] // frames
+        w, h = prep.image_size
+        aff, out_w, _ = clip_affine(w, h, self.processor.image_processor)
+        cell = out_w / self.grid
+        patch_boxes = grid_boxes(aff, w, h, self.grid, self.grid, cell, cell)
+        lead = per - len(patch_boxes)                               # [CLS] (+ explicit registers)
+        kinds = (["cls"] + ["register"] * (lead - 1) + ["patch"] * len(patch_boxes)) * frames
+        boxes = ([None] * lead + patch_boxes) * frames
+        grid = []
+        for f in range(frames):
+            grid += [[f, -1, i] for i in range(lead)] + [[f, r, c] for r in range(self.grid) for c in range(self.grid)]
+        frame = torch.arange(frames).repeat_interleave(per)
+        return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
+                            captured={"src": torch.arange(embeds.shape[0]), "input": cap["input"],
+                                      "output": cap["output"], "module": self.video_probe.module, "offset": 0},
+                            frame=frame, frame_times=list(prep.video.timestamps))

@@ -1,4 +1,4 @@
-"""Processors of the four families with Pillow image processors (no torchvision needed).
+"""Processors of the supported families with Pillow image processors (no torchvision needed).
 
 LLaVA / LLaVA-NeXT use the stock ``LlavaProcessor`` / ``LlavaNextProcessor`` with the PIL image
 processors (``CLIPImageProcessorPil`` / ``LlavaNextImageProcessorPil``).
@@ -6,9 +6,16 @@ processors (``CLIPImageProcessorPil`` / ``LlavaNextImageProcessorPil``).
 The stock ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` cannot be built without torchvision
 (their ``video_processor`` attribute is type-checked against ``VIDEO_PROCESSOR_MAPPING``, which is a
 dummy when torchvision is missing, even when ``video_processor=None``). :class:`QwenVLProcessor` is a
-minimal image-only replacement with the same calling convention. It also returns
+minimal replacement with the same calling convention, for images and (already decoded, sampled)
+video frames. It also returns
 ``mm_token_type_ids``, which transformers 5.x needs to compute M-RoPE positions
 (Qwen3-VL raises without it; Qwen2.5-VL silently falls back to 1-D positions).
+
+The stock ``VideoLlavaProcessor`` cannot be built without torchvision either (same type check on its
+``video_processor``). :class:`VideoLlavaPILProcessor` replaces it: Video-LLaVA processes video frames
+exactly as images (CLIP resize + centre crop, its ``VideoLlavaVideoProcessor`` has the image settings),
+so one PIL image processor serves both, and ``<video>`` is expanded into frames x (patches + CLS) tokens.
+Frames reach the processors already decoded and sampled (``occam.video``), so no video decoder is needed.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch
 from . import family
 
 class QwenVLProcessor:
-    """Image-only processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
+    """Image and video processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
 
     Mirrors what ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` do for images: every
     ``<|image_pad|>`` in the text is expanded into ``grid_t * grid_h * grid_w // merge_size**2``
@@ -81,11 +88,14 @@ class QwenVLProcessor:
     def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
 
-        if videos is not None:
-            raise NotImplementedError("QwenVLProcessor handles images only (videos need torchvision).")
         if text is None:
             raise ValueError("QwenVLProcessor needs `text` (use the chat template to get a prompt).")
         texts = [text] if isinstance(text, str) else list(text)
+        video_inputs: dict[str, Any] = {}
+        if videos is not None:
+            video_inputs, texts = self._videos(videos, texts, kwargs.pop("video_timestamps", None))
+        elif any(self.video_token in t for t in texts):
+            raise ValueError(f"The text contains {self.video_token!r} but no videos were given.")
 
         image_inputs: dict[str, Any] = {}
         if images is not None:
@@ -110,7 +120,62 @@ class QwenVLProcessor:
         elif return_tensors is not None:
             raise ValueError(f"return_tensors={return_tensors!r} is not supported (use 'pt' or None).")
         data.update(image_inputs)
+        data.update(video_inputs)
         return BatchFeature(data=data)
+
+    def _videos(self, videos, texts: list[str], timestamps=None) -> tuple[dict, list[str]]:
+        """Video patches, ``video_grid_thw`` and the expanded text, as the transformers 5 Qwen processors do.
+
+        ``videos``: a list of clips, each a list of frames (already sampled). Every frame goes through the
+        Pillow image processor (smart resize, rescale, normalise, patchify); consecutive frames are then
+        paired into temporal patches (the last frame repeated when the count is odd, as transformers does).
+        ``timestamps`` (seconds per frame, per clip) give Qwen3-VL's ``<t seconds>`` prompt prefixes and
+        Qwen2.5-VL's ``second_per_grid_ts`` (temporal_patch_size / the sampled frame rate).
+        """
+        ip = self.image_processor
+        tp, patch, merge = int(ip.temporal_patch_size), int(ip.patch_size), int(ip.merge_size)
+        pixel_values, grids, seconds, replacements = [], [], [], []
+        for v, clip in enumerate(videos):
+            frames = list(clip)
+            if not frames:
+                raise ValueError("A video has zero frames.")
+            ts = [float(t) for t in timestamps[v]] if timestamps is not None else [float(i) for i in range(len(frames))]
+            while len(frames) % tp:
+                frames.append(frames[-1])
+                ts.append(ts[-1])
+            out = ip(images=frames, return_tensors="pt")
+            gh, gw = (int(x) for x in out["image_grid_thw"][0, 1:])
+            n_frames, groups = len(frames), len(frames) // tp
+            pv = out["pixel_values"].view(n_frames, gh * gw, -1, tp, patch, patch)[:, :, :, 0]   # one copy per frame
+            pv = pv.view(groups, tp, gh * gw, -1, patch, patch).permute(0, 2, 3, 1, 4, 5)       # pair the frames
+            pixel_values.append(pv.reshape(groups * gh * gw, -1))
+            grids.append([groups, gh, gw])
+            span = ts[-1] - ts[0]
+            rate = (n_frames - 1) / span if span > 0 else 1.0
+            seconds.append(tp / rate)
+            per_group = gh * gw // merge**2
+            if self.processor_class == "Qwen3VLProcessor":   # "<t seconds>" + one vision block per temporal patch
+                times = [(ts[i] + ts[i + tp - 1]) / 2 for i in range(0, n_frames, tp)]
+                replacements.append("".join(f"<{t:.1f} seconds>" + self.vision_start_token
+                                            + self.video_token * per_group + self.vision_end_token for t in times))
+            else:
+                replacements.append(self.video_token * (groups * per_group))
+        out_texts, idx = [], 0
+        for t in texts:
+            parts = t.split(self.video_token)
+            s = parts[0]
+            for p in parts[1:]:
+                if idx >= len(replacements):
+                    raise ValueError(f"More {self.video_token!r} placeholders in the text than videos.")
+                s += replacements[idx] + p
+                idx += 1
+            out_texts.append(s)
+        if idx != len(replacements):
+            raise ValueError(f"{len(replacements)} videos were given but the text has {idx} placeholders.")
+        data = {"pixel_values_videos": torch.cat(pixel_values), "video_grid_thw": torch.tensor(grids)}
+        if self.processor_class != "Qwen3VLProcessor":
+            data["second_per_grid_ts"] = torch.tensor(seconds)
+        return data, out_texts
 
     def _expand(self, texts: list[str], counts: list[int]) -> list[str]:
         out, idx = [], 0
@@ -151,6 +216,113 @@ class QwenVLProcessor:
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder, **kwargs)
         chat_template = _read_chat_template(folder, **kwargs) or getattr(tokenizer, "chat_template", None)
         return cls(image_processor, tokenizer, chat_template=chat_template, processor_class=processor_class)
+
+
+class VideoLlavaPILProcessor:
+    """Images and videos for Video-LLaVA with one Pillow image processor (no torchvision needed).
+
+    Mirrors ``VideoLlavaProcessor``: ``<image>`` becomes (H/p)(W/p) tokens (+1 under the "full" feature
+    strategy) and ``pixel_values``; ``<video>`` becomes frames x ((H/p)(W/p) + 1) tokens (the video path
+    keeps [CLS]) and ``pixel_values_videos`` of shape (videos, frames, 3, H, W).
+    """
+
+    def __init__(self, image_processor, tokenizer, chat_template: str | None = None, patch_size: int = 14,
+                 vision_feature_select_strategy: str = "default", num_additional_image_tokens: int = 1,
+                 image_token: str = "<image>", video_token: str = "<video>"):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.image_token, self.video_token = image_token, video_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
+        if self.video_token_id in (None, getattr(tokenizer, "unk_token_id", object())):
+            raise ValueError(f"The tokenizer has no {video_token!r} token; it is not a Video-LLaVA tokenizer.")
+
+    def __repr__(self) -> str:
+        return (f"VideoLlavaPILProcessor(image_processor={type(self.image_processor).__name__}, "
+                f"tokenizer={type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}))")
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
+                            chat_template: str | None = None, **kwargs):
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise ValueError("This processor has no chat template.")
+        return self.tokenizer.apply_chat_template(conversation, chat_template=template,
+                                                  add_generation_prompt=add_generation_prompt, tokenize=tokenize,
+                                                  **kwargs)
+
+    def _tokens_per_frame(self, pixel_values: torch.Tensor) -> int:
+        h, w = pixel_values.shape[-2:]
+        return (h // self.patch_size) * (w // self.patch_size) + self.num_additional_image_tokens
+
+    def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
+        from transformers.feature_extraction_utils import BatchFeature
+
+        if text is None:
+            raise ValueError("VideoLlavaPILProcessor needs `text` (use the chat template to get a prompt).")
+        texts = [text] if isinstance(text, str) else list(text)
+        data: dict[str, Any] = {}
+        if images is not None:
+            pv = self.image_processor(images=_flatten_images(images), return_tensors="pt")["pixel_values"]
+            n = self._tokens_per_frame(pv) - (1 if self.vision_feature_select_strategy == "default" else 0)
+            texts = _expand_each(texts, self.image_token, [n] * pv.shape[0])
+            data["pixel_values"] = pv
+        if videos is not None:
+            clips = [list(v) for v in videos]
+            pvs = [self.image_processor(images=frames, return_tensors="pt")["pixel_values"] for frames in clips]
+            if len({tuple(p.shape) for p in pvs}) > 1:
+                raise ValueError("All videos of one call must have the same number of frames.")
+            data["pixel_values_videos"] = torch.stack(pvs)
+            texts = _expand_each(texts, self.video_token, [self._tokens_per_frame(p) * p.shape[0] for p in pvs])
+        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
+        data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **data}
+        return BatchFeature(data=data)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+        if self.chat_template is not None:
+            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs) -> "VideoLlavaPILProcessor":
+        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        image_processor = CLIPImageProcessorPil.from_pretrained(folder, **kwargs)
+        chat_template = _read_chat_template(folder, **kwargs) or getattr(tokenizer, "chat_template", None)
+        cfg = AutoConfig.from_pretrained(folder, **kwargs)
+        return cls(image_processor, tokenizer, chat_template=chat_template,
+                   patch_size=cfg.vision_config.patch_size,
+                   vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+
+
+def _expand_each(texts: list[str], token: str, counts: list[int]) -> list[str]:
+    """Replace the i-th ``token`` over all texts by ``counts[i]`` copies of it."""
+    out, idx = [], 0
+    for t in texts:
+        parts = t.split(token)
+        s = parts[0]
+        for p in parts[1:]:
+            if idx >= len(counts):
+                raise ValueError(f"More {token!r} placeholders in the text than inputs ({len(counts)}).")
+            s += token * counts[idx] + p
+            idx += 1
+        out.append(s)
+    if idx != len(counts):
+        raise ValueError(f"{len(counts)} inputs were given but the text has {idx} {token!r} placeholders.")
+    return out
 
 
 def _flatten_images(images) -> list:
@@ -223,6 +395,8 @@ def load_processor(name_or_path, model_type: str | None = None, **kwargs):
     fam = family(model_type)  # TypeError naming the supported families
     if fam.processor_class.startswith("Qwen"):
         return QwenVLProcessor.from_pretrained(name_or_path, processor_class=fam.processor_class, **kwargs)
+    if fam.processor_class == "VideoLlavaProcessor":
+        return VideoLlavaPILProcessor.from_pretrained(name_or_path, **kwargs)
     import transformers
 
     # backend="pil" selects CLIPImageProcessorPil / LlavaNextImageProcessorPil (torchvision-free).

@@ -7,6 +7,11 @@ token. Qwen2.5-VL runs its blocks in a window-permuted order (the model's ``get_
 statistics are put back in raster order. Qwen3-VL adds deepstack features to the first decoder layers at
 the visual positions: the engine cuts them with the kept tokens. Positions are 3-D M-RoPE ids from the
 model's own ``get_rope_index``.
+Video: frames are paired into temporal patches by the processor; the model's own ``get_video_features``
+encodes them and its ViT attends within each temporal patch (one ``cu_seqlens`` segment per patch), so
+Stage I scores each temporal patch ("frame" in the trace) separately, with its own emergent registers.
+M-RoPE positions come from ``get_rope_index`` with ``video_grid_thw`` (and Qwen2.5-VL's
+``second_per_grid_ts``); Qwen3-VL's prompt puts a ``<t seconds>`` text stamp before every temporal patch.
 Modifies: nothing (see ``base``).
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .base import Adapter, Prepared, VisionOutput, VisionStats, emergent_registe
 class QwenAdapter(Adapter):
     family = "qwen2_5_vl"
     mrope = True
+    takes_video = True
 
     def __init__(self, model, processor, preprocess: str = "auto"):
         self.visual = model.model.visual
@@ -31,11 +37,22 @@ class QwenAdapter(Adapter):
     def vision_layer(self) -> torch.nn.Module:
         return self.visual.blocks[self.layer_index]
 
+    def video_sampling(self) -> dict:
+        """2 frames per second like the Qwen video processors, clamped to 4..16 frames (ours: they allow 768)."""
+        return {"num_frames": None, "fps": 2.0, "min_frames": 4, "max_frames": 16, "multiple": 2}
+
+    def prepare_video(self, video, question: str) -> Prepared:
+        prompt = self.build_prompt(question, "video")
+        inputs = self.processor(videos=[list(video.frames)], text=[prompt], return_tensors="pt",
+                                video_timestamps=[list(video.timestamps)])
+        return Prepared(self._to_device(inputs), video.size, prompt, video=video)
+
     def positions(self, prep: Prepared) -> torch.Tensor:
         inp = prep.inputs
+        extra = {"second_per_grid_ts": inp["second_per_grid_ts"]} if "second_per_grid_ts" in inp else {}
         pos, _ = self.model.model.get_rope_index(
-            inp["input_ids"], mm_token_type_ids=inp.get("mm_token_type_ids"), image_grid_thw=inp["image_grid_thw"],
-            attention_mask=inp.get("attention_mask"))
+            inp["input_ids"], mm_token_type_ids=inp.get("mm_token_type_ids"), image_grid_thw=inp.get("image_grid_thw"),
+            video_grid_thw=inp.get("video_grid_thw"), attention_mask=inp.get("attention_mask"), **extra)
         return pos[:, 0]
 
     def _window_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
@@ -44,9 +61,13 @@ class QwenAdapter(Adapter):
         return window_index
 
     def encode(self, prep: Prepared) -> VisionOutput:
-        thw = prep.inputs["image_grid_thw"]
+        video = prep.video is not None
+        thw = prep.inputs["video_grid_thw" if video else "image_grid_thw"]
         with self.probe.capture() as cap:
-            out = self.model.model.get_image_features(prep.inputs["pixel_values"], thw, return_dict=True)
+            if video:
+                out = self.model.model.get_video_features(prep.inputs["pixel_values_videos"], thw, return_dict=True)
+            else:
+                out = self.model.model.get_image_features(prep.inputs["pixel_values"], thw, return_dict=True)
         embeds = torch.cat(list(out.pooler_output), dim=0)
         deepstack = getattr(out, "deepstack_features", None)
         if deepstack:
@@ -58,28 +79,56 @@ class QwenAdapter(Adapter):
         aff = scale_to(w, h, gw * patch, gh * patch)
         boxes = grid_boxes(aff, w, h, rows, cols, self.merge * patch, self.merge * patch) * t
         grid = [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
+        frame = frame_times = None
+        if video:   # a temporal patch pairs frames; its time is the mean of theirs (as Qwen3-VL's prompt stamps)
+            ts, tp = list(prep.video.timestamps), self.visual.config.temporal_patch_size
+            ts += [ts[-1]] * (t * tp - len(ts))                     # the processor repeats the last frame
+            frame_times = [(ts[i * tp] + ts[i * tp + tp - 1]) / 2 for i in range(t)]
+            frame = torch.arange(t).repeat_interleave(rows * cols)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
-                            layer=self.layer_index, deepstack=deepstack or None, captured={"thw": thw, **cap})
+                            layer=self.layer_index, deepstack=deepstack or None, captured={"thw": thw, **cap},
+                            frame=frame, frame_times=frame_times)
 
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         cap, thw = vis.captured, vis.captured["thw"]
         x_in, x_out = cap["input"], cap["output"]          # (T, C) patches, in the blocks' order
         unit = self.merge ** 2
         n = x_in.shape[0] // unit
-        regs = emergent_registers(x_out, torch.ones(x_out.shape[0], dtype=torch.bool, device=x_out.device),
-                                  cfg.kappa, cfg.max_register_frac)
         block = self.probe.module
         attn = block.attn
         cos, sin = cap["kwargs"]["position_embeddings"]
-        qkv = attn.qkv(block.norm1(x_in)).reshape(x_in.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3)
-        q, k = rotary_function(attn, "apply_rotary_pos_emb_vision")(qkv[0], qkv[1], cos, sin)
-        st = vision_token_stats(q.transpose(0, 1), k.transpose(0, 1), attn.scaling, regs, None, cfg.attn_chunk)
+        # the ViT attends within each temporal patch (one segment for an image): score each segment alone,
+        # with its own emergent registers; the window order keeps segments contiguous and in time order
+        segments = [int(h) * int(w) for t, h, w in thw.tolist() for _ in range(int(t))] \
+            if vis.frame is not None else [x_in.shape[0]]
+        parts, regs_parts, start = [], [], 0
+        for size in segments:
+            sl = slice(start, start + size)
+            start += size
+            r = emergent_registers(x_out[sl], torch.ones(size, dtype=torch.bool, device=x_out.device),
+                                   cfg.kappa, cfg.max_register_frac)
+            qkv = attn.qkv(block.norm1(x_in[sl])).reshape(size, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+            q, k = rotary_function(attn, "apply_rotary_pos_emb_vision")(qkv[0], qkv[1], cos[sl], sin[sl])
+            parts.append(vision_token_stats(q.transpose(0, 1), k.transpose(0, 1), attn.scaling, r, None,
+                                            cfg.attn_chunk))
+            regs_parts.append(r)
+        regs = torch.cat(regs_parts)
+
+        def cat(name: str) -> torch.Tensor | None:   # a segment without registers pays them no attention
+            values = [getattr(p, name) for p in parts]
+            if all(v is None for v in values):
+                return None
+            return torch.cat([v if v is not None else torch.zeros(size, device=x_in.device)
+                              for v, size in zip(values, segments)])
+
+        st = parts[0] if len(parts) == 1 else type(parts[0])(cat("evidence"), cat("register_attention"), None,
+                                                               cat("keys"))
         order = self._window_order(thw)
         restore = torch.argsort(order) if order is not None else torch.arange(n)
 
         def merged(values: torch.Tensor, how: str = "mean") -> torch.Tensor:
             v = values.reshape(n, unit, *values.shape[1:])[restore.to(values.device)].float().cpu()
-            return v.any(1) if how == "any" else v.mean(1)
+            return v.any(1) if how == "any" else v.amax(1) if how == "max" else v.mean(1)
 
         evidence = merged(st.evidence)
         return VisionStats(
@@ -87,7 +136,9 @@ class QwenAdapter(Adapter):
             register_values=st.evidence[regs].float().cpu(),
             register_attention=merged(st.register_attention) if st.register_attention is not None else None,
             cls_attention=evidence,            # no [CLS]: VisionZip ranks by attention received
-            keys=merged(st.keys))
+            keys=merged(st.keys), norms=merged(x_out.float().norm(dim=-1), "max"),
+            register_frame=torch.cat([torch.full((int(r.sum()),), f) for f, r in enumerate(regs_parts)])
+            if vis.frame is not None else None)
 
 
 class Qwen3Adapter(QwenAdapter):
