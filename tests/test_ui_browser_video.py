@@ -3,15 +3,12 @@ a corrupt clip shows its message, then a good clip gives both answers, the frame
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, REPO, free_port
+from .conftest import served_app
+from .test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from .test_video import _truncated, busy_frames, write_clip
 
 QUESTION = "what moves in the video"
@@ -28,22 +25,7 @@ def test_video_tab_in_a_browser(clip_path):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), OCCAM_APP_MODEL="tiny-llava",
-               GRADIO_ANALYTICS_ENABLED="False", OCCAM_APP_CACHE_EXAMPLES="0")
-    log = open(ARTIFACTS / "server_video.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (ARTIFACTS / "server_video.log").read_text()
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "the app did not answer within 180 s"
-                time.sleep(0.5)
+    with served_app(ARTIFACTS / "server_video.log") as (url, _):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
@@ -68,13 +50,6 @@ def test_video_tab_in_a_browser(clip_path):
             assert page.locator("#video-plot .scatterlayer .trace").count() == 3
             page.screenshot(path=str(ARTIFACTS / "ui_video.png"), full_page=True)
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _tmp(clip_path):
