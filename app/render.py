@@ -694,7 +694,9 @@ def agreement_markdown(agreement: Mapping) -> str:
 
 def budget_markdown(budget: Mapping, flags: Mapping | None = None) -> str:
     """Where the pruned run's thresholds / budget came from, and any warning the trace raised."""
-    out = f"**Budget** ({budget.get('mode', '?')}): {_escape(budget.get('note', ''))}"
+    mode = budget.get("mode")
+    head = "**Budget**" if mode in (None, "budget") else f"**Budget** (α/β: {mode})"
+    out = f"{head}: {_escape(budget.get('note', ''))}"
     if budget.get("method") == "occam" and budget.get("mode") == "recommended" and not budget.get("source"):
         out = "⚠ " + out
     for w in flag_warnings(flags):

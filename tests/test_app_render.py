@@ -270,7 +270,7 @@ def test_agreement_and_budget_markdown():
     assert "Same answer" in render.agreement_markdown({"same": True, "reference": None})
     md = render.budget_markdown({"method": "occam", "mode": "recommended", "source": None, "note": "α = β = 1: no"},
                                 {"no_content": "stage1"})
-    assert md.startswith("⚠ **Budget** (recommended)") and "Stage I left no content token" in md
+    assert md.startswith("⚠ **Budget** (α/β: recommended)") and "Stage I left no content token" in md
 
 
 def test_method_grid_and_inspector_markdown():

@@ -242,6 +242,8 @@ def test_changed_answer_is_flagged_and_checked_against_a_typed_reference(server,
     assert "Answer changed" in flag, flag
     assert f"Reference answer {ex['answer']}" in flag and "full model ✓ matches" in flag
     assert "pruned ✗ does not match" in flag
+    page.wait_for_selector("#plot-final .js-plotly-plot .hm")
+    time.sleep(0.5)
     shot(page, "changed_answer", full_page=False)
     page.close()
 
@@ -277,6 +279,7 @@ def test_token_inspector_click(server, browser):
     image, question = example()
     ask(page, image, question)
     run_and_wait(page)
+    page.wait_for_selector("#plot-final .js-plotly-plot .hm")
     page.get_by_role("tab", name="Token inspector").click()
     img = page.locator("#inspect-image img").first
     img.wait_for()
