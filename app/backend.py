@@ -394,7 +394,9 @@ def agreement(full_text: str, pruned_text: str, reference: str | None) -> dict:
 
 def _changed_knobs(cfg: occam.OccamConfig, base: Mapping) -> list[str]:
     """Knobs (other than thresholds, method, budget, seed, chunking) that differ from ``base``."""
-    skip = {"alpha", "beta", "method", "retention", "seed", "attn_chunk", "fastv_layer", "visionzip_contextual"}
+    # knobs an occam run at given alpha / beta does not read (stage_split only splits a target in calibration)
+    skip = {"alpha", "beta", "method", "retention", "seed", "attn_chunk", "fastv_layer", "visionzip_contextual",
+            "stage_split"}
     usable = recommended_mod.usable_knobs(dict(base))
     return [k for k, v in usable.items() if k not in skip and getattr(cfg, k, v) != v]
 

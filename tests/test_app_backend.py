@@ -502,3 +502,13 @@ def test_shipped_examples_with_the_defaults():
 def backend_repo():
     from pathlib import Path
     return Path(backend.__file__).resolve().parents[1]
+
+
+def test_recommended_thresholds_with_other_knobs_say_the_retention_will_differ():
+    vlm = backend.MODELS.get(MODEL)
+    if getattr(vlm, "recommended", None) is None:
+        pytest.fail("the toy model ships occam_thresholds.json: it should be attached by occam.load")
+    _, info = backend.resolve_budget(backend.parse_settings({"reference": "mean"}), vlm)
+    assert "Calibrated with other values of reference" in info["note"]
+    _, info = backend.resolve_budget(backend.parse_settings({"stage_split": 0.3}), vlm)
+    assert "other values" not in info["note"]  # the split only matters when calibrating

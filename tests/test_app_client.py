@@ -104,3 +104,21 @@ def test_bad_inputs_come_back_as_errors(client, files, image, question, settings
     # and the app still serves the current model
     ok = client.predict(handle_file(files["img"]), "What?", {"max_new_tokens": 1}, api_name="/compare")
     assert ok["model"] == MODEL
+
+
+def test_methods_and_inspect_endpoints(client, files):
+    """The method comparison and the token inspector as named endpoints, with the trace JSON."""
+    from gradio_client import handle_file
+    res = client.predict(handle_file(files["img"]), "What is it?", {"max_new_tokens": 2, "target_retention": 0.25},
+                         "red", api_name="/methods")
+    assert [r["method"] for r in res["rows"]] == ["occam", "topk", "fastv", "visionzip", "random"]
+    assert res["reference"] == "red" and all(len(r["trace"]["kept"]) == r["visual"] for r in res["rows"])
+    comp = client.predict(handle_file(files["img"]), "What is it?", {"max_new_tokens": 2}, api_name="/compare")
+    boxes = comp["pruned"]["trace"]["boxes"]
+    j = next(k for k, b in enumerate(boxes) if b is not None)
+    out = client.predict(comp, f"{boxes[j][0] + 1},{boxes[j][1] + 1}", api_name="/inspect")
+    assert out["inspection"]["token"] == j and out["trace"]["num_visual"] == len(boxes)
+    assert [s["stage"] for s in out["inspection"]["stages"]] == ["stage1", "stage2"]
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="Token 9999 is invalid"):
+        client.predict(comp, "9999", api_name="/inspect")
