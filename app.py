@@ -7,8 +7,10 @@ OCCAM_APP_PRELOAD=0 (do not load the default model at start), OCCAM_APP_CACHE_EX
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -22,7 +24,10 @@ def main() -> None:
     # transformers' deprecation notice for the decoder layers' keyword, raised by every run: not the user's concern
     warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
     # cached example outputs live with this process (never stale after a model change, nothing in the repo)
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="occam_examples_"))
+    if "GRADIO_EXAMPLES_CACHE" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="occam_examples_")
+        os.environ["GRADIO_EXAMPLES_CACHE"] = cache
+        atexit.register(shutil.rmtree, cache, True)  # removed when the server stops
     if os.environ.get("OCCAM_APP_PRELOAD", "1") != "0":
         try:  # load once at start; a failure is logged (by the cache), the app still starts and says why on use
             backend.MODELS.get(backend.default_model())

@@ -272,7 +272,7 @@ def view_values(trace: Mapping, view: str) -> dict:
             "threshold": thr, "threshold_label": _threshold_label(st), "log": True,
             "earlier": [j for j in range(n) if not alive[j]],
             "dropped": [j for j in range(n) if alive[j] and not kept_here[j]],
-            "title": f"{head} evidence<br><sup>{what} on a log scale, centred on the threshold {thr_txt} "
+            "title": f"{name} evidence" + (head[len(name):] if head.startswith(name) else "") + f"<br><sup>{what} on a log scale, centred on the threshold {thr_txt} "
                      f"(reference: {ref})</sup>"}
 
 

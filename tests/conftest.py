@@ -40,7 +40,8 @@ def served_app(log_path: Path, timeout: float = 180.0, **env_extra):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), OCCAM_APP_MODEL=app_model(),
-               GRADIO_ANALYTICS_ENABLED="False", OCCAM_APP_CACHE_EXAMPLES="0", **env_extra)
+               GRADIO_ANALYTICS_ENABLED="False", OCCAM_APP_CACHE_EXAMPLES="0")
+    env.update(env_extra)
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
