@@ -11,6 +11,8 @@ import atexit
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import warnings
 
@@ -33,6 +35,8 @@ def main() -> None:
             backend.MODELS.get(backend.default_model())
         except backend.ModelLoadError:
             pass
+    # a stop by SIGTERM (process managers, containers) exits like Ctrl+C, so the atexit clean-ups run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_demo()
     demo.launch(max_file_size="64mb")  # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 

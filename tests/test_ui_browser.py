@@ -53,6 +53,9 @@ def server():
     (ARTIFACTS / ".gitignore").write_text("*\n")
     with served_app(ARTIFACTS / "server.log") as (url, _):
         yield url
+    # stopped (SIGTERM): the folder of downloadable trace files went with the process
+    folders = re.findall(r"trace files in (\S+)", (ARTIFACTS / "server.log").read_text())
+    assert not any(os.path.exists(f) for f in folders), folders
 
 
 @pytest.fixture(scope="module")
