@@ -80,6 +80,7 @@ KNOB_UI = {
     "sink_kappa": ("κ of LM sinks", "a number > 0"),
     "attn_chunk": ("attention chunk (query rows)", "an integer ≥ 1; memory only"),
     "seed": ("seed (random method)", "an integer"),
+    "temporal_similarity": ("video: temporal similarity (empty = off)", "empty, or a cosine similarity in [-1, 1]"),
     "max_new_tokens": ("max new tokens", None),
     "repeats": ("timed repeats (median of n, after one warm-up)", None),
 }
