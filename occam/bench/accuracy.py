@@ -58,6 +58,11 @@ def parse_args(argv):
                    help="method(s) every other one is tested against (paired, same questions)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the toy model is latency-bound)")
     p.add_argument("--out", default="bench_results/accuracy_toy", help="output path without extension")
+    p.add_argument("--from", dest="source", default=None,
+                   help="a saved <out>.json: re-render it (and run --pair tests) instead of running the benchmark")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("TARGET:METHOD", "TARGET:METHOD"),
+                   help="an extra paired test across rows, e.g. 0.25:occam 0.11:occam-split0.25 (compute-matched "
+                        "comparisons); repeatable, Holm-corrected among themselves")
     args = p.parse_args(argv)
     missing = [m for m in args.reference if m not in args.methods]
     if missing:
@@ -138,6 +143,29 @@ def paired_tests(outcomes: dict, references: list[str], level: float = 0.05) -> 
     return tests
 
 
+def pair_tests(rep: dict, pairs: list[list[str]], level: float = 0.05) -> list[dict]:
+    """Paired tests between any two rows of a report ("target:method" each), on their shared questions."""
+    rows = {(r["target"], r["method"]): r for r in rep["results"]}
+    tests = []
+    for spec in pairs:
+        keys = []
+        for item in spec:
+            target, _, method = item.partition(":")
+            key = (float(target), method)
+            if key not in rows:
+                raise ValueError(f"--pair {item}: no such row; rows are "
+                                 + ", ".join(f"{t:g}:{m}" for t, m in rows) + ".")
+            keys.append(key)
+        a, b = ([c == "1" for c in "".join(rows[k]["correct"])] for k in keys)
+        only_a, only_b = stats.discordant(a, b)
+        tests.append({"first": spec[0], "second": spec[1], "only_first": only_a, "only_second": only_b,
+                      "flops_rel": [rows[k]["flops_rel"] for k in keys],
+                      "accuracy": [rows[k]["accuracy"] for k in keys], "p": stats.mcnemar_exact(only_a, only_b)})
+    for t, p_holm in zip(tests, stats.holm([t["p"] for t in tests])):
+        t["p_holm"], t["verdict"] = p_holm, stats.verdict(t["only_first"], t["only_second"], p_holm, level)
+    return tests
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -153,8 +181,8 @@ def run(args) -> dict:
                 rows.setdefault((r, m), []).append(evaluate(vlm, samples, cfg))
                 params.setdefault((r, m), []).append({"alpha": cfg.alpha, "beta": cfg.beta})
                 got = rows[(r, m)][-1]
-                print(f"  seed {seed} target {r:.2f} {m:<18} retention {statistics.mean(x['kept'] / x['visual'] for x in got):.3f}"
-                      f" acc {_acc(got):.3f}", flush=True)
+                retention = statistics.mean(x["kept"] / x["visual"] for x in got)
+                print(f"  seed {seed} target {r:.2f} {m:<18} retention {retention:.3f} acc {_acc(got):.3f}", flush=True)
     full = summarize(sum(full_rows, []), None)
     full["per_seed"] = [_acc(x) for x in full_rows]
     results = []
@@ -207,6 +235,15 @@ def markdown(rep: dict) -> str:
               f"the corrected p < 0.05, tie otherwise.\n\n" +
               md_table(["target", "comparison", "only first right", "only second right", "p", "p (Holm)",
                         "verdict"], test_rows)) if tests else ""
+    extra = rep.get("pair_tests") or []
+    if extra:
+        paired += (f"\n\nPaired tests across rows ({len(extra)}, Holm-corrected among themselves), e.g. at matched "
+                   f"or lower compute:\n\n" + md_table(
+                       ["first", "second", "accuracy", "prefill FLOPs (rel.)", "only first right", "only second right",
+                        "p", "p (Holm)", "verdict"],
+                       [[t["first"], t["second"], " vs ".join(_f(a) for a in t["accuracy"]),
+                         " vs ".join(_f(f) for f in t["flops_rel"]), t["only_first"], t["only_second"], _p(t["p"]),
+                         _p(t["p_holm"]), t["verdict"]] for t in extra]))
     return head + types + "\n\n" + table + paired + "\n"
 
 
@@ -268,7 +305,9 @@ def plot(rep: dict, path: Path, size=(1400, 560)) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rep = run(args)
+    rep = json.loads(Path(args.source).read_text()) if args.source else run(args)
+    if args.pair:
+        rep["pair_tests"] = pair_tests(rep, args.pair)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rep)
