@@ -10,6 +10,7 @@ every token before layer K, so equal retention is not equal compute), accuracy p
 with a Wilson 95% interval, per-seed accuracy, kept-token spread and how it follows scene complexity.
 Paired tests: exact McNemar of ``--reference`` (occam) against every other method at each target, on the
 same questions (all seeds pooled), Holm-corrected over all the tests made. Writes <out>.md, .json, .png.
+``--from <out>.json`` re-renders a saved run; ``--pair`` adds paired tests across rows (e.g. compute-matched).
 """
 from __future__ import annotations
 
@@ -123,6 +124,11 @@ def summarize(rows: list[dict], full_acc: float | None) -> dict:
             "kept_by_background": by_bg}
 
 
+def outcomes_of(row: dict) -> list[bool]:
+    """Per-question correctness of a result row, all seeds concatenated (the pairing order of every test)."""
+    return [c == "1" for c in "".join(row["correct"])]
+
+
 def paired_tests(outcomes: dict, references: list[str], level: float = 0.05) -> list[dict]:
     """Exact McNemar of each reference against every other method at each target, Holm-corrected together.
 
@@ -151,12 +157,12 @@ def pair_tests(rep: dict, pairs: list[list[str]], level: float = 0.05) -> list[d
         keys = []
         for item in spec:
             target, _, method = item.partition(":")
-            key = (float(target), method)
+            key = (float(target), method) if target.replace(".", "", 1).isdigit() else None
             if key not in rows:
                 raise ValueError(f"--pair {item}: no such row; rows are "
                                  + ", ".join(f"{t:g}:{m}" for t, m in rows) + ".")
             keys.append(key)
-        a, b = ([c == "1" for c in "".join(rows[k]["correct"])] for k in keys)
+        a, b = (outcomes_of(rows[k]) for k in keys)
         only_a, only_b = stats.discordant(a, b)
         tests.append({"first": spec[0], "second": spec[1], "only_first": only_a, "only_second": only_b,
                       "flops_rel": [rows[k]["flops_rel"] for k in keys],
@@ -191,7 +197,7 @@ def run(args) -> dict:
         results.append({"method": m, "target": r, "params": params[(r, m)], **summarize(pooled, full["accuracy"]),
                         "per_seed": [_acc(x) for x in per_seed],
                         "correct": ["".join("1" if x["correct"] else "0" for x in rs) for rs in per_seed]})
-    outcomes = {(r["target"], r["method"]): [c == "1" for c in "".join(r["correct"])] for r in results}
+    outcomes = {(r["target"], r["method"]): outcomes_of(r) for r in results}
     return {"model": args.model, "n": args.n, "seeds": args.seeds, "calib": args.calib,
             "num_visual": full_rows[0][0]["visual"], "full": full, "results": results,
             "tests": paired_tests(outcomes, args.reference), "wall_s": round(time.perf_counter() - t0, 1)}
