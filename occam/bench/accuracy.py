@@ -10,7 +10,8 @@ every token before layer K, so equal retention is not equal compute), accuracy p
 with a Wilson 95% interval, per-seed accuracy, kept-token spread and how it follows scene complexity.
 Paired tests: exact McNemar of ``--reference`` (occam) against every other method at each target, on the
 same questions (all seeds pooled), Holm-corrected over all the tests made. Writes <out>.md, .json, .png.
-``--from <out>.json`` re-renders a saved run; ``--pair`` adds paired tests across rows (e.g. compute-matched).
+``--from`` re-renders saved runs (merged when several); ``--pair`` adds paired tests across rows (e.g. at
+matched compute).
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def parse_args(argv):
                    help="method(s) every other one is tested against (paired, same questions)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the toy model is latency-bound)")
     p.add_argument("--out", default="bench_results/accuracy_toy", help="output path without extension")
-    p.add_argument("--from", dest="source", default=None,
-                   help="a saved <out>.json: re-render it (and run --pair tests) instead of running the benchmark")
+    p.add_argument("--from", dest="source", nargs="+", default=None, metavar="JSON",
+                   help="saved <out>.json run(s) on the same questions: merge and re-render them (tests Holm-corrected "
+                        "again over all), instead of running the benchmark")
     p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("TARGET:METHOD", "TARGET:METHOD"),
                    help="an extra paired test across rows, e.g. 0.25:occam 0.11:occam-split0.25 (compute-matched "
                         "comparisons); repeatable, Holm-corrected among themselves")
@@ -170,6 +172,23 @@ def pair_tests(rep: dict, pairs: list[list[str]], level: float = 0.05) -> list[d
     for t, p_holm in zip(tests, stats.holm([t["p"] for t in tests])):
         t["p_holm"], t["verdict"] = p_holm, stats.verdict(t["only_first"], t["only_second"], p_holm, level)
     return tests
+
+
+def merge(reports: list[dict], level: float = 0.05) -> dict:
+    """Several saved runs on the same questions (model, n, seeds, calib) as one report; Holm over all their tests."""
+    same = ("model", "n", "seeds", "calib")
+    first = reports[0]
+    for rep in reports[1:]:
+        if any(rep[k] != first[k] for k in same) or rep["full"]["per_seed"] != first["full"]["per_seed"]:
+            raise ValueError("--from: the runs must share the model, --n, --seeds and --calib (the same questions).")
+    by_target = lambda row: -row["target"]  # noqa: E731 -- stable: keeps the method order within a target
+    merged = {**first, "results": sorted((r for rep in reports for r in rep["results"]), key=by_target),
+              "tests": sorted((dict(t) for rep in reports for t in rep["tests"]), key=by_target),
+              "wall_s": sum(rep["wall_s"] for rep in reports)}
+    for t, p_holm in zip(merged["tests"], stats.holm([t["p"] for t in merged["tests"]])):
+        t["p_holm"], t["verdict"] = p_holm, stats.verdict(t["only_reference"], t["only_method"], p_holm, level)
+    merged.pop("pair_tests", None)
+    return merged
 
 
 def run(args) -> dict:
@@ -311,7 +330,7 @@ def plot(rep: dict, path: Path, size=(1400, 560)) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rep = json.loads(Path(args.source).read_text()) if args.source else run(args)
+    rep = merge([json.loads(Path(f).read_text()) for f in args.source]) if args.source else run(args)
     if args.pair:
         rep["pair_tests"] = pair_tests(rep, args.pair)
     out = Path(args.out)
