@@ -2,6 +2,7 @@
 outputs: pooled accuracy with intervals, per-seed accuracy, prefill compute, and paired tests."""
 import json
 
+import pytest
 from PIL import Image
 
 from occam.bench import accuracy, stats
@@ -38,6 +39,24 @@ def test_accuracy_benchmark_end_to_end(tmp_path):
     assert md.count("| 0.25 |") == 4 + 3 and "full model accuracy" in md and "Holm" in md
     assert Image.open(out.with_suffix(".png")).size == (1400, 560)
     assert rep["full"]["accuracy"] == data["full"]["accuracy"]
+    # re-rendered from the saved JSON, with a paired test across rows: the same counts as the built-in test
+    again = accuracy.main(["--from", str(out.with_suffix(".json")), "--pair", "0.25:occam", "0.25:topk",
+                           "--out", str(tmp_path / "again")])
+    (extra,) = again["pair_tests"]
+    builtin = next(t for t in data["tests"] if t["method"] == "topk")
+    assert (extra["only_first"], extra["only_second"], extra["p"]) == (builtin["only_reference"],
+                                                                        builtin["only_method"], builtin["p"])
+    assert "across rows" in (tmp_path / "again.md").read_text()
+    # two runs on the same questions merge into one report, Holm-corrected again over all their tests
+    other = json.loads(json.dumps(data))
+    for row in other["results"] + other["tests"]:
+        row["target"] = 0.5
+    merged = accuracy.merge([data, other])
+    assert [r["target"] for r in merged["results"]] == [0.5] * 4 + [0.25] * 4 and len(merged["tests"]) == 6
+    assert sorted(t["p_holm"] for t in merged["tests"]) == sorted(stats.holm([t["p"] for t in merged["tests"]]))
+    other["seeds"] = [5]
+    with pytest.raises(ValueError, match="same questions"):
+        accuracy.merge([data, other])
 
 
 def test_paired_tests_holm_over_all_and_each_pair_once():

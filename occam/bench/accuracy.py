@@ -10,6 +10,8 @@ every token before layer K, so equal retention is not equal compute), accuracy p
 with a Wilson 95% interval, per-seed accuracy, kept-token spread and how it follows scene complexity.
 Paired tests: exact McNemar of ``--reference`` (occam) against every other method at each target, on the
 same questions (all seeds pooled), Holm-corrected over all the tests made. Writes <out>.md, .json, .png.
+``--from`` re-renders saved runs (merged when several); ``--pair`` adds paired tests across rows (e.g. at
+matched compute).
 """
 from __future__ import annotations
 
@@ -58,6 +60,12 @@ def parse_args(argv):
                    help="method(s) every other one is tested against (paired, same questions)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the toy model is latency-bound)")
     p.add_argument("--out", default="bench_results/accuracy_toy", help="output path without extension")
+    p.add_argument("--from", dest="source", nargs="+", default=None, metavar="JSON",
+                   help="saved <out>.json run(s) on the same questions: merge and re-render them (tests Holm-corrected "
+                        "again over all), instead of running the benchmark")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("TARGET:METHOD", "TARGET:METHOD"),
+                   help="an extra paired test across rows, e.g. 0.25:occam 0.11:occam-split0.25 (compute-matched "
+                        "comparisons); repeatable, Holm-corrected among themselves")
     args = p.parse_args(argv)
     missing = [m for m in args.reference if m not in args.methods]
     if missing:
@@ -125,6 +133,11 @@ def summarize(rows: list[dict], full_acc: float | None) -> dict:
             "kept_by_background": by_bg}
 
 
+def outcomes_of(row: dict) -> list[bool]:
+    """Per-question correctness of a result row, all seeds concatenated (the pairing order of every test)."""
+    return [c == "1" for c in "".join(row["correct"])]
+
+
 def paired_tests(outcomes: dict, references: list[str], level: float = 0.05) -> list[dict]:
     """Exact McNemar of each reference against every other method at each target, Holm-corrected together.
 
@@ -145,6 +158,46 @@ def paired_tests(outcomes: dict, references: list[str], level: float = 0.05) -> 
     return tests
 
 
+def pair_tests(rep: dict, pairs: list[list[str]], level: float = 0.05) -> list[dict]:
+    """Paired tests between any two rows of a report ("target:method" each), on their shared questions."""
+    rows = {(r["target"], r["method"]): r for r in rep["results"]}
+    tests = []
+    for spec in pairs:
+        keys = []
+        for item in spec:
+            target, _, method = item.partition(":")
+            key = (float(target), method) if target.replace(".", "", 1).isdigit() else None
+            if key not in rows:
+                raise ValueError(f"--pair {item}: no such row; rows are "
+                                 + ", ".join(f"{t:g}:{m}" for t, m in rows) + ".")
+            keys.append(key)
+        a, b = (outcomes_of(rows[k]) for k in keys)
+        only_a, only_b = stats.discordant(a, b)
+        tests.append({"first": spec[0], "second": spec[1], "only_first": only_a, "only_second": only_b,
+                      "flops_rel": [rows[k]["flops_rel"] for k in keys],
+                      "accuracy": [rows[k]["accuracy"] for k in keys], "p": stats.mcnemar_exact(only_a, only_b)})
+    for t, p_holm in zip(tests, stats.holm([t["p"] for t in tests])):
+        t["p_holm"], t["verdict"] = p_holm, stats.verdict(t["only_first"], t["only_second"], p_holm, level)
+    return tests
+
+
+def merge(reports: list[dict], level: float = 0.05) -> dict:
+    """Several saved runs on the same questions (model, n, seeds, calib) as one report; Holm over all their tests."""
+    same = ("model", "n", "seeds", "calib")
+    first = reports[0]
+    for rep in reports[1:]:
+        if any(rep[k] != first[k] for k in same) or rep["full"]["per_seed"] != first["full"]["per_seed"]:
+            raise ValueError("--from: the runs must share the model, --n, --seeds and --calib (the same questions).")
+    by_target = lambda row: -row["target"]  # noqa: E731 -- stable: keeps the method order within a target
+    merged = {**first, "results": sorted((r for rep in reports for r in rep["results"]), key=by_target),
+              "tests": sorted((dict(t) for rep in reports for t in rep["tests"]), key=by_target),
+              "wall_s": sum(rep["wall_s"] for rep in reports)}
+    for t, p_holm in zip(merged["tests"], stats.holm([t["p"] for t in merged["tests"]])):
+        t["p_holm"], t["verdict"] = p_holm, stats.verdict(t["only_reference"], t["only_method"], p_holm, level)
+    merged.pop("pair_tests", None)
+    return merged
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -160,8 +213,8 @@ def run(args) -> dict:
                 rows.setdefault((r, m), []).append(evaluate(vlm, samples, cfg))
                 params.setdefault((r, m), []).append({"alpha": cfg.alpha, "beta": cfg.beta})
                 got = rows[(r, m)][-1]
-                print(f"  seed {seed} target {r:.2f} {m:<18} retention {statistics.mean(x['kept'] / x['visual'] for x in got):.3f}"
-                      f" acc {_acc(got):.3f}", flush=True)
+                retention = statistics.mean(x["kept"] / x["visual"] for x in got)
+                print(f"  seed {seed} target {r:.2f} {m:<18} retention {retention:.3f} acc {_acc(got):.3f}", flush=True)
     full = summarize(sum(full_rows, []), None)
     full["per_seed"] = [_acc(x) for x in full_rows]
     results = []
@@ -170,7 +223,7 @@ def run(args) -> dict:
         results.append({"method": m, "target": r, "params": params[(r, m)], **summarize(pooled, full["accuracy"]),
                         "per_seed": [_acc(x) for x in per_seed],
                         "correct": ["".join("1" if x["correct"] else "0" for x in rs) for rs in per_seed]})
-    outcomes = {(r["target"], r["method"]): [c == "1" for c in "".join(r["correct"])] for r in results}
+    outcomes = {(r["target"], r["method"]): outcomes_of(r) for r in results}
     return {"model": args.model, "n": args.n, "seeds": args.seeds, "calib": args.calib,
             "num_visual": full_rows[0][0]["visual"], "full": full, "results": results,
             "tests": paired_tests(outcomes, args.reference), "wall_s": round(time.perf_counter() - t0, 1)}
@@ -214,6 +267,15 @@ def markdown(rep: dict) -> str:
               f"the corrected p < 0.05, tie otherwise.\n\n" +
               md_table(["target", "comparison", "only first right", "only second right", "p", "p (Holm)",
                         "verdict"], test_rows)) if tests else ""
+    extra = rep.get("pair_tests") or []
+    if extra:
+        paired += (f"\n\nPaired tests across rows ({len(extra)}, Holm-corrected among themselves), e.g. at matched "
+                   f"or lower compute:\n\n" + md_table(
+                       ["first", "second", "accuracy", "prefill FLOPs (rel.)", "only first right", "only second right",
+                        "p", "p (Holm)", "verdict"],
+                       [[t["first"], t["second"], " vs ".join(_f(a) for a in t["accuracy"]),
+                         " vs ".join(_f(f) for f in t["flops_rel"]), t["only_first"], t["only_second"], _p(t["p"]),
+                         _p(t["p_holm"]), t["verdict"]] for t in extra]))
     return head + types + "\n\n" + table + paired + "\n"
 
 
@@ -275,7 +337,9 @@ def plot(rep: dict, path: Path, size=(1400, 560)) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rep = run(args)
+    rep = merge([json.loads(Path(f).read_text()) for f in args.source]) if args.source else run(args)
+    if args.pair:
+        rep["pair_tests"] = pair_tests(rep, args.pair)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rep)

@@ -131,8 +131,8 @@ def language_premise(vlm: occam.VLM, image: Image.Image, question: str, vision_r
     med_s = float(scores[cand].median()) if cand.any() else None
     register_ref = s2.reference_kind == "register"
     share = float(scores[regs].sum() / scores[torch.isfinite(scores)].sum()) if register_ref and regs.any() else None
-    return {"layer_K": s2.layer, "lm_sinks": max(0, len(s2.registers) - vision_registers) if "sink" in
-            s2.register_source else 0, "stage2_register_source": s2.register_source,
+    sinks = max(0, len(s2.registers) - vision_registers) if "sink" in s2.register_source else 0
+    return {"layer_K": s2.layer, "lm_sinks": sinks, "stage2_register_source": s2.register_source,
             "rho_q_over_median_a": 1 / med_s if register_ref and med_s else None,
             "stage2_register_query_share": share}
 
@@ -152,7 +152,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 KEYS = ("rho", "rho_over_median_e", "kept_at_alpha1", "register_attention_share", "register_attention_to_patches",
-        "norm_max_ratio", "high_norm_frac", "lm_sinks", "rho_q_over_median_a")
+        "norm_max_ratio", "high_norm_frac", "register_norm_ratio", "lm_sinks", "rho_q_over_median_a")
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -210,6 +210,7 @@ COLUMNS = (("image", "image", "{}"), ("group", "group", "{}"), ("busyness", "bus
            ("register_uniform_share", "(uniform)", "{:.1%}"),
            ("register_attention_to_patches", "registers' attention to patches", "{:.0%}"),
            ("norm_max_ratio", "max norm / median", "{:.2f}"), ("high_norm_frac", "norm >= kappa x median", "{:.1%}"),
+           ("register_norm_ratio", "explicit registers' norm / median", "{:.2f}"),
            ("lm_sinks", "LM sinks at K", "{}"), ("rho_q_over_median_a", "rho_q / median a", "{:.2f}"))
 
 
