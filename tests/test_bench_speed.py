@@ -103,3 +103,14 @@ def test_dispatcher_runs_speed(monkeypatch):
     monkeypatch.setattr(speed, "main", lambda argv: seen.setdefault("argv", argv))
     assert dispatcher.main(["speed", "--reps", "1"]) == 0
     assert seen["argv"] == ["--reps", "1"]
+
+
+def test_speed_bench_on_a_generated_video(tmp_path):
+    out = tmp_path / "speed_video.md"
+    report = speed.main(["--model", "tiny-video-llava", "--frames", "3", "--image-size", "64x48", "--methods", "topk",
+                         "--reps", "1", "--warmup", "0", "--max-new-tokens", "2", "--retention", "0.25",
+                         "--out", str(out), "--quiet"])
+    assert report["frames"] == 3 and report["visual_tokens"] == 3 * 65 and report["family"] == "video_llava"
+    topk = next(v for v in report["variants"] if v["method"] == "topk")
+    assert topk["counts"]["final"] == 49 and sum(topk["counts"]["per_frame"]["final"]) == 49   # ceil(0.25 x 195)
+    assert "3-frame video" in out.read_text()

@@ -341,3 +341,33 @@ def test_static_clip_keeps_fewer_tokens_per_frame_after_the_first_than_a_busy_on
     s, b = per_frame(static, dedup), per_frame(busy, dedup)
     assert s[0] == still[0] and all(k == 0 for k in s[1:])
     assert all(bk > 0 for bk in b[1:]) and sum(s[1:]) < sum(b[1:])
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_qwen_video_patches_follow_the_transformers_video_layout(name):
+    """Our torchvision-free pixel_values_videos equal transformers' Qwen video patchify (its reshape /
+    permute, written out here) on frames that need no resizing (64 x 48 is a multiple of patch x merge)."""
+    _, processor = archs.build(name)
+    ip = processor.image_processor
+    frames = busy_frames(4)
+    conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "hi"}]}]
+    prompt = processor.apply_chat_template(conv, add_generation_prompt=True)
+    out = processor(videos=[[Image.fromarray(f) for f in frames]], text=[prompt], return_tensors="pt",
+                    video_timestamps=[[0.0, 0.5, 1.0, 1.5]])
+    x = (np.stack(frames).astype(np.float64) / 255.0 - np.array(ip.image_mean)) / np.array(ip.image_std)
+    x = x.transpose(0, 3, 1, 2)                                   # (T, C, H, W)
+    t, c, h, w = x.shape
+    p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    x = x.reshape(t // tp, tp, c, h // (p * m), m, p, w // (p * m), m, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(-1, c * tp * p * p)   # transformers' video patchify
+    np.testing.assert_allclose(out["pixel_values_videos"].numpy(), x, atol=1e-5)
+    assert out["video_grid_thw"].tolist() == [[t // tp, h // p, w // p]]
+    ids = out["input_ids"][0]
+    n_tokens = (t // tp) * (h // p) * (w // p) // m**2
+    assert int((ids == processor.video_token_id).sum()) == n_tokens
+    assert torch.equal(out["mm_token_type_ids"][0], (ids == processor.video_token_id).long() * 2)
+    text = processor.tokenizer.decode(ids)
+    if name == "tiny-qwen3-vl":   # a time stamp and its own vision block per temporal patch, as transformers 5.24
+        assert "<0.2 seconds><|vision_start|>" in text and "<1.2 seconds><|vision_start|>" in text
+    else:
+        assert out["second_per_grid_ts"].tolist() == pytest.approx([tp / 2.0])   # 2 frames per second sampled

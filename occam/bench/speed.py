@@ -299,7 +299,7 @@ def speedup_table(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     r = report
-    k = next((v["sequence"]["stage2_layer"] for v in r["variants"] if v["method"] == "occam"), None)
+    k = next((v["sequence"]["stage2_layer"] for v in r["variants"] if v["method"] in ("occam", "topk")), None)
     setup = (f"- model: `{r['model']}` ({r['family']}, {r['num_text_layers']} decoder layers), {r['device']}, "
              f"{r['dtype']}, torch {r['torch']}, {r['threads']} threads\n"
              f"- input: {r['image_size'][0]}x{r['image_size'][1]} "
