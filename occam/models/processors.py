@@ -28,7 +28,38 @@ import torch
 
 from . import family
 
-class QwenVLProcessor:
+class _TokenizerProcessor:
+    """What a processor built here shares: chat template, decoding and saving go to its tokenizer."""
+
+    tokenizer: Any
+    image_processor: Any
+    chat_template: str | None
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
+                            chat_template: str | None = None, **kwargs):
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise ValueError("This processor has no chat template.")
+        return self.tokenizer.apply_chat_template(conversation, chat_template=template,
+                                                  add_generation_prompt=add_generation_prompt, tokenize=tokenize,
+                                                  **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+        if self.chat_template is not None:
+            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+
+class QwenVLProcessor(_TokenizerProcessor):
     """Image and video processor for Qwen2.5-VL and Qwen3-VL (no torchvision needed).
 
     Mirrors what ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` do for images: every
@@ -71,16 +102,6 @@ class QwenVLProcessor:
             f"tokenizer={type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}))"
         )
 
-    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
-                            chat_template: str | None = None, **kwargs):
-        template = chat_template if chat_template is not None else self.chat_template
-        if template is None:
-            raise ValueError("This processor has no chat template.")
-        return self.tokenizer.apply_chat_template(
-            conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
-            tokenize=tokenize, **kwargs,
-        )
-
     def num_image_tokens(self, image_grid_thw: torch.Tensor) -> list[int]:
         merge = int(self.image_processor.merge_size)
         return [int(n) for n in (torch.as_tensor(image_grid_thw).prod(-1) // merge**2).tolist()]
@@ -104,7 +125,7 @@ class QwenVLProcessor:
                 device = {"device": kwargs["device"]} if kwargs.get("device") is not None else {}
                 image_inputs = dict(self.image_processor(images=flat, return_tensors="pt", **device))
                 counts = self.num_image_tokens(image_inputs["image_grid_thw"])
-                texts = self._expand(texts, counts)
+                texts = _expand_each(texts, self.image_token, counts)
         elif any(self.image_token in t for t in texts):
             raise ValueError(f"The text contains {self.image_token!r} but no images were given.")
 
@@ -177,36 +198,6 @@ class QwenVLProcessor:
             data["second_per_grid_ts"] = torch.tensor(seconds)
         return data, out_texts
 
-    def _expand(self, texts: list[str], counts: list[int]) -> list[str]:
-        out, idx = [], 0
-        for t in texts:
-            parts = t.split(self.image_token)
-            s = parts[0]
-            for p in parts[1:]:
-                if idx >= len(counts):
-                    raise ValueError(f"More {self.image_token!r} placeholders in the text than images ({len(counts)}).")
-                s += self.image_token * counts[idx] + p
-                idx += 1
-            out.append(s)
-        if idx != len(counts):
-            raise ValueError(f"{len(counts)} images were given but the text has {idx} {self.image_token!r} placeholders.")
-        return out
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
-    # -- persistence ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        if self.chat_template is not None:
-            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
-
     @classmethod
     def from_pretrained(cls, folder, processor_class: str = "Qwen2_5_VLProcessor", **kwargs) -> "QwenVLProcessor":
         from transformers import AutoTokenizer
@@ -218,7 +209,7 @@ class QwenVLProcessor:
         return cls(image_processor, tokenizer, chat_template=chat_template, processor_class=processor_class)
 
 
-class VideoLlavaPILProcessor:
+class VideoLlavaPILProcessor(_TokenizerProcessor):
     """Images and videos for Video-LLaVA with one Pillow image processor (no torchvision needed).
 
     Mirrors ``VideoLlavaProcessor``: ``<image>`` becomes (H/p)(W/p) tokens (+1 under the "full" feature
@@ -244,15 +235,6 @@ class VideoLlavaPILProcessor:
     def __repr__(self) -> str:
         return (f"VideoLlavaPILProcessor(image_processor={type(self.image_processor).__name__}, "
                 f"tokenizer={type(self.tokenizer).__name__}(vocab={len(self.tokenizer)}))")
-
-    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False,
-                            chat_template: str | None = None, **kwargs):
-        template = chat_template if chat_template is not None else self.chat_template
-        if template is None:
-            raise ValueError("This processor has no chat template.")
-        return self.tokenizer.apply_chat_template(conversation, chat_template=template,
-                                                  add_generation_prompt=add_generation_prompt, tokenize=tokenize,
-                                                  **kwargs)
 
     def _tokens_per_frame(self, pixel_values: torch.Tensor) -> int:
         h, w = pixel_values.shape[-2:]
@@ -280,20 +262,6 @@ class VideoLlavaPILProcessor:
         enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
         data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **data}
         return BatchFeature(data=data)
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        if self.chat_template is not None:
-            (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
 
     @classmethod
     def from_pretrained(cls, folder, **kwargs) -> "VideoLlavaPILProcessor":
