@@ -38,6 +38,15 @@ def _run(lm, embeds, pos, mrope, vis_mask, deepstack):
 
 
 @torch.inference_mode()
+def hf_generate(vlm, image, question: str, steps: int):
+    """The unmodified model's own greedy ``generate`` (new ids) and first-step logits on the same inputs."""
+    prep = vlm.adapter.prepare(image, question)
+    logits = vlm.model(**prep.inputs).logits[0, -1].float()
+    out = vlm.model.generate(**prep.inputs, max_new_tokens=steps, do_sample=False)
+    return out[0, prep.inputs["input_ids"].shape[1]:].tolist(), logits
+
+
+@torch.inference_mode()
 def reference_generate(vlm, image, question: str, keep1: torch.Tensor, keep2: torch.Tensor | None = None,
                        layer_k: int | None = None, steps: int = 4):
     """Greedy tokens and first-step logits of the reference for the given kept sets."""

@@ -15,6 +15,8 @@ from occam import archs, cost, evidence
 from occam.config import OccamConfig
 from occam.models import graphs
 
+from .reference import hf_generate
+
 FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
 QUESTION = "what is in the picture"
 CONFIGS = {"none": OccamConfig(method="none"), "occam-K1": OccamConfig(alpha=0.8, beta=1.0, stage2_layer=1),
@@ -208,10 +210,7 @@ def test_eager_attention_gets_an_explicit_causal_mask(name):
     model, processor = archs.build(name, attn_implementation="eager")
     vlm = occam.VLM(model, processor)
     img = _image(4)
-    inputs = vlm.adapter.prepare(img, QUESTION).inputs
-    with torch.inference_mode():
-        expect = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-        logits = model(**inputs).logits[0, -1].float()
+    expect, logits = hf_generate(vlm, img, QUESTION, 4)
     res = vlm.generate(img, QUESTION, OccamConfig(method="none"), max_new_tokens=4)
-    assert res.token_ids == expect.tolist()
+    assert res.token_ids == expect
     torch.testing.assert_close(res.logits, logits, atol=1e-5, rtol=1e-5)

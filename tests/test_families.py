@@ -12,7 +12,7 @@ import occam
 from occam import archs
 from occam.config import OccamConfig
 
-from .reference import reference_generate
+from .reference import hf_generate, reference_generate
 
 FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-video-llava"]
 QUESTION = "what is in the picture"
@@ -30,18 +30,10 @@ def image():
     return Image.fromarray((rng.rand(48, 64, 3) * 255).astype(np.uint8))
 
 
-def hf_reference(vlm, image, steps):
-    prep = vlm.adapter.prepare(image, QUESTION)
-    with torch.inference_mode():
-        logits = vlm.model(**prep.inputs).logits[0, -1].float()
-        out = vlm.model.generate(**prep.inputs, max_new_tokens=steps, do_sample=False)
-    return out[0, prep.inputs["input_ids"].shape[1]:].tolist(), logits
-
-
 @pytest.mark.parametrize("cfg", [OccamConfig(method="none"), OccamConfig(alpha=1e-9, beta=1e-9)],
                          ids=["none", "occam-keep-all"])
 def test_unpruned_equals_unmodified_model(vlm, image, cfg):
-    tokens, logits = hf_reference(vlm, image, steps=6)
+    tokens, logits = hf_generate(vlm, image, QUESTION, 6)
     res = vlm.generate(image, QUESTION, cfg, max_new_tokens=6)
     assert res.token_ids == tokens
     torch.testing.assert_close(res.logits, logits, atol=1e-5, rtol=1e-5)

@@ -18,7 +18,7 @@ from occam.config import OccamConfig
 from occam.evidence import relative_evidence_by_group, temporal_repeats
 from occam.video import MAX_DURATION_S, Video, read_video, sample_indices
 
-from .reference import reference_generate
+from .reference import hf_generate, reference_generate
 
 VIDEO_FAMILIES = ["tiny-video-llava", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
 QUESTION = "what happens in the video"
@@ -184,18 +184,10 @@ def test_generate_recognises_video_inputs_and_image_models_refuse_them(tmp_path)
 
 
 # -- the method on video, every video family ---------------------------------------------------------
-def hf_reference(vlm, video, steps):
-    prep = vlm.adapter.prepare(video, QUESTION)
-    with torch.inference_mode():
-        logits = vlm.model(**prep.inputs).logits[0, -1].float()
-        out = vlm.model.generate(**prep.inputs, max_new_tokens=steps, do_sample=False)
-    return out[0, prep.inputs["input_ids"].shape[1]:].tolist(), logits
-
-
 @pytest.mark.parametrize("cfg", [OccamConfig(method="none"), OccamConfig(alpha=1e-9, beta=1e-9)],
                          ids=["none", "occam-keep-all"])
 def test_video_unpruned_equals_unmodified_model(vlm, clip, cfg):
-    tokens, logits = hf_reference(vlm, clip, steps=5)
+    tokens, logits = hf_generate(vlm, clip, QUESTION, 5)
     res = vlm.generate(clip, QUESTION, cfg, max_new_tokens=5)
     assert res.token_ids == tokens
     torch.testing.assert_close(res.logits, logits, atol=1e-5, rtol=1e-5)
