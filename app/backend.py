@@ -346,7 +346,7 @@ def load_inputs(image: Any, question: Any):
         raise ValueError("No image: upload an image (PNG, JPEG, WebP, ...) or pick an example.")
     img = open_image(image)
     if question is None:
-        raise ValueError("The question is empty: type a question about the image.")
+        raise ValueError("The question is empty: type a question about the image or video.")
     if not isinstance(question, str):
         raise ValueError(f"The question must be text, got {type(question).__name__}.")
     return img, check_question(question)

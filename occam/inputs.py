@@ -94,7 +94,7 @@ def check_question(question) -> str:
         raise TypeError(f"The question must be a string, got {type(question).__name__}.")
     q = " ".join(question.split())
     if not q:
-        raise ValueError("The question is empty: type a question about the image.")
+        raise ValueError("The question is empty: type a question about the image or video.")
     if len(q) > MAX_QUESTION_CHARS:
         raise ValueError(f"The question is too long ({len(q)} characters); the limit is {MAX_QUESTION_CHARS}.")
     return q
