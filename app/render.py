@@ -880,7 +880,6 @@ def method_grid_html(image: Image.Image, runs: Mapping, max_side: int = 320) -> 
     """The method comparison: the full model's answer, then one card per method with its answer and its
     kept-token mask over the image; a changed answer is outlined in red."""
     full = runs.get("full") or {}
-    ref = runs.get("reference")
     cards = []
     thumb = image.copy()
     thumb.thumbnail((max_side, max_side))

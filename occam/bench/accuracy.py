@@ -29,7 +29,7 @@ import occam
 from occam.toy import world
 
 from . import stats
-from .common import load_vlm, md_table
+from .common import load_vlm, md_table, write_report
 
 ADAPTIVE = {
     "occam": {},
@@ -341,10 +341,8 @@ def main(argv=None) -> dict:
     if args.pair:
         rep["pair_tests"] = pair_tests(rep, args.pair)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rep)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(rep, indent=1))
+    write_report(out, md, rep)
     plot(rep, out.with_suffix(".png"))
     print(md)
     return rep

@@ -4,10 +4,12 @@ where it can be."""
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import os
 import statistics
 import threading
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -171,3 +173,11 @@ def fmt_range(s: dict | None, digits: int = 3, scale: float = 1.0) -> str:
     if s["n"] == 1:
         return fmt(med, digits)
     return f"{fmt(med, digits)} [{fmt(lo, digits)}–{fmt(hi, digits)}]"
+
+
+def write_report(out, md: str, data: dict) -> None:
+    """A benchmark's report as ``<out>.md`` and ``<out>.json`` (folders created)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))

@@ -14,7 +14,6 @@ Images: ``--images <folder>``, or a generated set of plain (one object, plain ba
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
@@ -29,7 +28,7 @@ from occam.evidence import relative_evidence
 from occam.inputs import to_rgb
 from occam.toy import world
 
-from .common import load_vlm, md_table, median
+from .common import load_vlm, md_table, median, write_report
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -244,9 +243,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     rep = run(args)
     out = Path(args.out or f"bench_results/premise_{slug(args.model)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rep)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(rep, indent=1))
+    write_report(out, md, rep)
     print(md)
     return rep

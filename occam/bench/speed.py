@@ -13,7 +13,6 @@ of the per-pair ratios (full / pruned); "best" ratios divide the fastest runs of
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -27,7 +26,7 @@ from occam import archs, cost
 from occam.inputs import open_image
 
 from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, md_table, median, ratios,
-                     summarize)
+                     summarize, write_report)
 
 METHODS = ("none", "occam", "topk", "fastv", "visionzip")
 TIMING_KEYS = ("preprocess_s", "vision_s", "scoring_s", "prefill_s", "decode_s", "total_s", "decode_tokens_per_s")
@@ -401,9 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = run(args, argv)
     md = markdown(report)
     out = Path(args.out) if args.out else default_out(args.model, args.text_layers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    write_report(out, md, report)
     print(md)
     print(f"written: {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return report

@@ -16,7 +16,7 @@ from pathlib import Path
 from occam.lmms import metric_key
 from occam.lmms.args import label, parse
 
-from .common import md_table
+from .common import md_table, write_report
 
 TRACE_MEANS = ("retention", "final", "flops_ratio", "skipped")  # per-task means the occam model logs
 
@@ -108,10 +108,8 @@ def main(argv=None) -> dict:
     metrics = dict(m.split("=", 1) for m in args.metric)
     table = build([run_row(json.loads(f.read_text()), metrics) for f in result_files(args.results)])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(table)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(table, indent=1))
+    write_report(out, md, table)
     print(md)
     return table
 
