@@ -214,3 +214,19 @@ def test_eager_attention_gets_an_explicit_causal_mask(name):
     res = vlm.generate(img, QUESTION, OccamConfig(method="none"), max_new_tokens=4)
     assert res.token_ids == expect
     torch.testing.assert_close(res.logits, logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-video-llava", "tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_padded_prefill_equals_eager_on_video(name):
+    from occam.video import Video
+
+    from .test_video import busy_frames
+    model, processor = archs.build(name)
+    eager, padded = occam.VLM(model, processor), occam.VLM(model, processor, prefill="padded")
+    clip = Video.from_frames(busy_frames(4), fps=4.0)
+    cfg = OccamConfig(alpha=0.8, beta=1.0, stage2_layer=1)
+    a = eager.generate(clip, QUESTION, cfg, max_new_tokens=3)
+    b = padded.generate(clip, QUESTION, cfg, max_new_tokens=3)
+    assert b.trace.sequence["prefill_path"] == "padded"
+    assert b.token_ids == a.token_ids and b.trace.kept == a.trace.kept
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
