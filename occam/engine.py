@@ -20,7 +20,7 @@ from . import cost, policy
 from .config import OccamConfig
 from .evidence import attention_rows
 from .models.base import Adapter, Prepared, VisionOutput, VisionStats
-from .registers import massive_activation_tokens
+from .registers import outlier_indices
 from .trace import StageTrace, Trace, _floats
 
 
@@ -46,8 +46,8 @@ class Clock:
         self.last = self.now()
 
     def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
+        if self.cuda:   # this thread's stream only: a device-wide sync would break another thread's graph capture
+            torch.cuda.current_stream().synchronize()
         return time.perf_counter()
 
     def add(self, name: str, seconds: float) -> None:
@@ -106,6 +106,7 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
     trace.stages = [s for s in (stage1, stage2) if s is not None]
     if stage2 is not None:
         stage2.query_attention = _floats(stage2.query_attention, digits=4)
+        stage2.query_tokens = ad.token_texts(stage2.query_tokens)
     empty = next((s.name for s in trace.stages if s.content_left == 0), None)
     trace.flags = {"no_content": empty} if empty else {}
     n_final = int(keep.sum())
@@ -213,16 +214,20 @@ def stage2(ad: Adapter, i: int, seq: Sequence, rope, n: int, stats: VisionStats 
     n_rows = 1 if cfg.method == "fastv" else seq.n_query   # FastV: the last token; else the text after the image
     rows = torch.arange(n_seq - n_rows, n_seq, device=seq.h.device)
     q, k, scale = ad.query_key(i, seq.h, rows, rope)
-    per_row = attention_rows(q, k, scale, cfg.attn_chunk, row_positions=rows)[:, seq.vis_pos].cpu()  # (R, n_vis)
-    attention = per_row.mean(dim=0) if n_rows else torch.zeros(seq.vis_pos.numel())
-    sinks = torch.zeros(seq.vis_pos.numel(), dtype=torch.bool)
+    per_row = attention_rows(q, k, scale, cfg.attn_chunk, row_positions=rows)[:, seq.vis_pos]   # (R, n_vis)
+    n_vis = seq.vis_pos.numel()
+    peak = seq.h[0, seq.vis_pos].float().abs().amax(dim=-1) if cfg.method != "fastv" else per_row.new_zeros(0)
+    host = torch.cat([per_row.flatten().float(), peak, seq.vis_ids.float()]).cpu()   # one transfer to the host
+    a, b = n_rows * n_vis, n_rows * n_vis + peak.numel()
+    per_row, peak, vis_ids = host[:a].view(n_rows, n_vis), host[a:b], host[b:].long()
+    attention = per_row.mean(dim=0) if n_rows else torch.zeros(n_vis)
+    sinks = torch.zeros(n_vis, dtype=torch.bool)
     if cfg.method != "fastv":
-        sinks[massive_activation_tokens(seq.h[0, seq.vis_pos], cfg.sink_kappa, cfg.max_register_frac).cpu()] = True
-    vis_ids = seq.vis_ids.cpu()
+        sinks[outlier_indices(peak, cfg.sink_kappa, cfg.max_register_frac)] = True
     keep, trace = policy.stage2(attention, vis_ids, n, stats, sinks, cfg, i)
     full = torch.full((n_rows, n), float("nan"))
     full[:, vis_ids] = per_row
-    trace.query_tokens = ad.token_texts(seq.ids[rows])
+    trace.query_tokens = seq.ids[rows]    # token ids until the request is timed; run() makes them texts
     trace.query_attention = full          # a tensor until the request is timed; run() makes it a list
     return keep, trace
 

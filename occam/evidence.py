@@ -46,6 +46,24 @@ def attention_colmean(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int
     return total / max(1, k.shape[0] * q.shape[1])
 
 
+def attention_colmeans(q: torch.Tensor, k: torch.Tensor, scale: float, weights: torch.Tensor,
+                       chunk: int = 256) -> torch.Tensor:
+    """Several weighted means over query rows of the head-averaged softmax(q k^T * scale), in one pass.
+
+    q, k: (B, H, T, d); weights: (B, W, T) query weights (a row sums to 1, or is 0 for an empty set).
+    Returns (B, W, T) float32. Rows are taken in blocks so that B x H x rows x T stays under
+    ``ONE_SHOT_ELEMENTS`` (at least ``chunk`` rows); no host synchronisation.
+    """
+    b, heads, rows, length = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    step = max(chunk, ONE_SHOT_ELEMENTS // max(1, b * heads * length))
+    kf, w = k.float(), weights.float()
+    out = torch.zeros(b, w.shape[1], length, dtype=torch.float32, device=k.device)
+    for start in range(0, rows, step):
+        probs = (torch.einsum("bhrd,bhsd->bhrs", q[:, :, start:start + step].float(), kf) * scale).softmax(dim=-1)
+        out += torch.bmm(w[:, :, start:start + step], probs.sum(dim=1))
+    return out / heads
+
+
 def attention_rows(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 256,
                    row_positions: torch.Tensor | None = None) -> torch.Tensor:
     """Per query row, the head-averaged softmax(q k^T * scale): shape (R, S). For few rows (Stage II)."""
@@ -112,9 +130,10 @@ def temporal_repeats(keys: torch.Tensor, grid: list, threshold: float) -> torch.
     prev = torch.tensor([where.get((g[0] - 1, g[1], g[2]), -1) for g in grid], dtype=torch.long)
     out = torch.zeros(len(grid), dtype=torch.bool)
     has = prev >= 0
-    if has.any():
+    if has.any():   # keys may live on the model's device
         k = torch.nn.functional.normalize(keys.float(), dim=-1)
-        out[has] = (k[has] * k[prev[has]]).sum(-1) >= threshold
+        at, before = torch.nonzero(has).flatten().to(k.device), prev[has].to(k.device)
+        out[has] = ((k[at] * k[before]).sum(-1) >= threshold).cpu()
     return out
 
 
@@ -186,8 +205,8 @@ def visionzip_groups(cls_attention: torch.Tensor, keys: torch.Tensor, n_dominant
     n_contextual = min(n_contextual, rest.numel())
     step = rest.numel() / n_contextual
     targets = rest[(torch.arange(n_contextual) * step).long()]
-    normed = torch.nn.functional.normalize(keys.float(), dim=-1)
-    nearest = (normed[rest] @ normed[targets].T).argmax(dim=-1)
+    normed = torch.nn.functional.normalize(keys.float(), dim=-1)      # keys may live on the model's device
+    nearest = (normed[rest.to(keys.device)] @ normed[targets.to(keys.device)].T).argmax(dim=-1).cpu()
     assign[rest] = targets[nearest]
     assign[targets] = targets
     return dominant, assign

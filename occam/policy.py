@@ -74,8 +74,13 @@ def _visionzip(vis: VisionOutput, stats: VisionStats, cfg: OccamConfig):
     keep = dominant.clone()
     keep[targets] = True
     embeds = vis.embeds.clone()
-    for t in targets.tolist():
-        embeds[t] = vis.embeds[(assign == t).to(embeds.device)].mean(0)
+    if targets.numel():   # each target becomes the mean of the tokens merged into it: one (targets x N) matmul
+        members = torch.nonzero(assign >= 0).flatten()
+        weights = torch.zeros(targets.numel(), n)
+        weights[torch.searchsorted(targets, assign[members]), members] = 1.0
+        weights /= weights.sum(dim=1, keepdim=True)
+        dev = embeds.device
+        embeds[targets.to(dev)] = (weights.to(dev) @ vis.embeds.float()).to(embeds.dtype)
     st = budget_stage("visionzip", vis.layer, list(range(n)), stats.cls_attention, keep)
     st.merged_into = [int(a) if a >= 0 and a != j else None for j, a in enumerate(assign.tolist())]
     return keep, embeds, st

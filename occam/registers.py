@@ -21,8 +21,7 @@ def high_norm_tokens(hidden: torch.Tensor, kappa: float = 4.0, max_frac: float =
 
     hidden: (N, C) hidden states of the candidate tokens at the vision feature layer.
     """
-    norms = hidden.float().norm(dim=-1)
-    return _outliers(norms, kappa, max_frac)
+    return outlier_indices(hidden.float().norm(dim=-1), kappa, max_frac)
 
 
 def massive_activation_tokens(hidden: torch.Tensor, kappa: float = 10.0, max_frac: float = 0.02) -> torch.Tensor:
@@ -30,11 +29,26 @@ def massive_activation_tokens(hidden: torch.Tensor, kappa: float = 10.0, max_fra
 
     hidden: (N, D) residual-stream hidden states of the visual tokens entering decoder layer K.
     """
-    peak = hidden.float().abs().amax(dim=-1)
-    return _outliers(peak, kappa, max_frac)
+    return outlier_indices(hidden.float().abs().amax(dim=-1), kappa, max_frac)
 
 
-def _outliers(values: torch.Tensor, kappa: float, max_frac: float) -> torch.Tensor:
+def outlier_mask(values: torch.Tensor, kappa: float, max_frac: float, count: int) -> torch.Tensor:
+    """``outlier_indices`` as a bool mask over the last dim, batched and without a host synchronisation (GPU).
+
+    values: (..., N) with NaN where a token is not a candidate; ``count``: the candidates per row (the
+    cap is ceil(max_frac * count)). The same tokens as ``outlier_indices`` on the candidates, except that
+    exact ties at the cap may be broken differently.
+    """
+    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    if count == 0 or values.shape[-1] == 0:
+        return mask
+    median = values.nanmedian(dim=-1, keepdim=True).values
+    top = torch.nan_to_num(values, nan=-math.inf).topk(min(_cap(count, max_frac), values.shape[-1]), dim=-1)
+    return mask.scatter_(-1, top.indices, (top.values >= kappa * median) & (median > 0))
+
+
+def outlier_indices(values: torch.Tensor, kappa: float, max_frac: float) -> torch.Tensor:
+    """Indices of ``values`` >= kappa * their median, at most ceil(max_frac * N), largest first; sorted."""
     if values.numel() == 0:
         return torch.zeros(0, dtype=torch.long)
     median = values.median()

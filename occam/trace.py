@@ -21,9 +21,12 @@ def _floats(t, digits: int = 6) -> list:
     finite = np.isfinite(a)
     safe = np.where(finite & (a != 0), np.abs(a), 1.0)
     scale = 10.0 ** (digits - 1 - np.floor(np.log10(safe)))
-    rounded = np.where(finite, np.round(a * scale) / scale, np.nan).tolist()
-    clean = lambda row: [None if v != v else v for v in row]  # noqa: E731  (NaN != NaN)
-    return [clean(row) for row in rounded] if a.ndim == 2 else clean(rounded)
+    rounded = np.where(finite, np.round(a * scale) / scale, 0.0)
+    if finite.all():
+        return rounded.tolist()
+    rounded = rounded.astype(object)      # Python floats, and None where not finite
+    rounded[~finite] = None
+    return rounded.tolist()
 
 
 @dataclass

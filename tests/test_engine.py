@@ -97,6 +97,29 @@ def test_device_preprocessing_matches_pillow(name):
     assert diff.mean() <= 0.02 and diff.max() <= 0.5, (float(diff.mean()), float(diff.max()))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_prefill_serves_concurrent_requests_on_gpu():
+    """One graphed model, requests with different settings (so different buckets) from 4 threads, its graphs
+    captured while other threads run eager work: each answer equals the one of a model captured serially."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, processor = archs.build("tiny-qwen2.5-vl", device="cuda")
+    serial_vlm = occam.VLM(model, processor, prefill="cuda-graphs")
+    parallel_vlm = occam.VLM(model, processor, prefill="cuda-graphs")    # its own graphs, captured below
+    jobs = [(seed, cfg) for seed in (0, 1) for cfg in CONFIGS.values()]
+    serial = [serial_vlm.generate(_image(s), QUESTION, c, max_new_tokens=4) for s, c in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda j: parallel_vlm.generate(_image(j[0]), QUESTION, j[1], max_new_tokens=4),
+                                 jobs * 3))
+    assert all(g is not None for g in parallel_vlm.segments.graphs.values())
+    for i, res in enumerate(parallel):
+        ref = serial[i % len(jobs)]
+        assert res.trace.sequence["prefill_path"] == "cuda-graphs"
+        assert res.token_ids == ref.token_ids and res.trace.kept == ref.trace.kept
+        torch.testing.assert_close(res.logits, ref.logits)
+
+
 # -- METHOD.md section 8 --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy():

@@ -78,6 +78,33 @@ def test_attention_colmean_matches_dense_softmax_and_is_causal():
     torch.testing.assert_close(got, expect)
 
 
+def test_attention_colmeans_match_dense_softmax_in_one_pass_or_in_blocks(monkeypatch):
+    torch.manual_seed(4)
+    q, k = torch.randn(3, 2, 9, 4), torch.randn(3, 2, 9, 4)          # (B, H, T, d)
+    regs = torch.zeros(3, 9, dtype=torch.bool)
+    regs[:, 1:3] = True
+    regs[2] = False                                                   # a tile without registers
+    w = torch.stack([(~regs).float() / (~regs).sum(1, keepdim=True), regs.float() / regs.sum(1, keepdim=True).clamp(min=1)], 1)
+    dense = torch.softmax(q @ k.transpose(-1, -2) * 0.5, dim=-1).mean(dim=1)   # (B, T, T) head-averaged
+    expect = torch.einsum("bwr,brs->bws", w, dense)
+    torch.testing.assert_close(evidence.attention_colmeans(q, k, 0.5, w), expect)
+    monkeypatch.setattr(evidence, "ONE_SHOT_ELEMENTS", 1)             # blocks of `chunk` rows
+    torch.testing.assert_close(evidence.attention_colmeans(q, k, 0.5, w, chunk=2), expect)
+    assert evidence.attention_colmeans(q, k, 0.5, w)[2, 1].abs().max() == 0   # no registers: zero row
+
+
+def test_outlier_mask_is_high_norm_tokens_without_a_host_sync():
+    torch.manual_seed(5)
+    for n in (7, 60, 333):
+        hidden = torch.randn(n, 16)
+        hidden[torch.randint(0, n, (4,))] *= 12
+        expect = torch.zeros(n, dtype=torch.bool)
+        expect[registers.high_norm_tokens(hidden, kappa=4, max_frac=0.02)] = True
+        assert torch.equal(registers.outlier_mask(hidden.norm(dim=-1)[None], 4, 0.02, n)[0], expect)
+    values = torch.tensor([[1.0, float("nan"), 1.0, 9.0, 1.0]])      # NaN: not a candidate
+    assert registers.outlier_mask(values, 4, 0.5, 4).tolist() == [[False, False, False, True, False]]
+
+
 def test_visionzip_groups_merge_every_non_dominant_token():
     cls = torch.tensor([0.9, 0.1, 0.05, 0.8, 0.02, 0.03])
     keys = torch.eye(6)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..evidence import attention_colmean
-from ..registers import high_norm_tokens
+from ..evidence import attention_colmeans
+from ..registers import outlier_mask
 from ..video import Video
 
 _CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("occam_capture", default=None)
@@ -93,14 +93,15 @@ class VisionOutput:
 
 @dataclass
 class VisionStats:
-    """Stage-I statistics of the scored vision layer, per visual token (N), on the CPU."""
+    """Stage-I statistics of the scored vision layer, per visual token (N), on the CPU (keys: on the device)."""
     evidence: torch.Tensor                    # (N,) e_j, mean attention drawn from non-register queries
     registers: torch.Tensor                   # (N,) bool: the reference tokens
     register_source: str                      # "explicit" or "emergent"
     register_values: torch.Tensor             # evidence of the registers at their native granularity
     register_attention: torch.Tensor | None   # (N,) attention paid by the registers
     cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
-    keys: torch.Tensor                        # (N, dk) keys of the scored layer (VisionZip merging)
+    keys: torch.Tensor | None                 # (N, dk) keys of the scored layer, on the model's device; only
+                                              # for the methods that read them (VisionZip, temporal_similarity)
     register_frame: torch.Tensor | None = None  # video: (len(register_values),) the frame of each register value
     norms: torch.Tensor | None = None         # (N,) L2 norm of the scored layer's output (Qwen: largest of the
                                               # merged patches; NaN for row-end tokens): read by the premise report
@@ -113,35 +114,35 @@ class VisionStats:
 
 @dataclass
 class TokenStats:
-    """Attention statistics of one vision layer over its T tokens (one image or one tile)."""
-    evidence: torch.Tensor              # (T,) mean over non-register queries of A[i, j]
-    register_attention: torch.Tensor | None
-    cls_attention: torch.Tensor | None
-    keys: torch.Tensor                  # (T, H*d)
+    """Attention statistics of one vision layer over B images / tiles / frames of T tokens, on the device."""
+    evidence: torch.Tensor              # (B, T) mean over non-register queries of A[i, j]
+    register_attention: torch.Tensor    # (B, T) mean over register queries (0 where a row has none)
+    cls_attention: torch.Tensor | None  # (B, T) the [CLS] query's row
+    keys: torch.Tensor                  # (B, T, H*d)
 
 
 def vision_token_stats(q: torch.Tensor, k: torch.Tensor, scale: float, registers: torch.Tensor,
                        cls_index: int | None, chunk: int) -> TokenStats:
-    """Stage-I statistics from a vision layer's q and k, each (H, T, d); registers is a (T,) bool mask."""
-    evidence = attention_colmean(q[:, ~registers], k, scale, chunk)
-    reg_att = attention_colmean(q[:, registers], k, scale, chunk) if registers.any() else None
-    cls_att = attention_colmean(q[:, [cls_index]], k, scale, chunk) if cls_index is not None else None
-    keys = k.transpose(0, 1).reshape(k.shape[1], -1)
-    return TokenStats(evidence, reg_att, cls_att, keys)
+    """Stage-I statistics from a vision layer's q and k, each (B, H, T, d); registers: (B, T) bool.
+
+    One softmax pass over all query rows gives the three weighted column means; no host synchronisation.
+    """
+    regs = registers.float()
+    rest = 1.0 - regs
+    weights = [rest / rest.sum(-1, keepdim=True).clamp(min=1), regs / regs.sum(-1, keepdim=True).clamp(min=1)]
+    if cls_index is not None:
+        weights.append(torch.nn.functional.one_hot(torch.full_like(registers[:, 0], cls_index, dtype=torch.long),
+                                                   registers.shape[1]).float())
+    means = attention_colmeans(q, k, scale, torch.stack(weights, dim=1), chunk)     # (B, W, T)
+    keys = k.transpose(1, 2).reshape(k.shape[0], k.shape[2], -1)
+    return TokenStats(means[:, 0], means[:, 1], means[:, 2] if cls_index is not None else None, keys)
 
 
-def emergent_registers(hidden: torch.Tensor, candidates: torch.Tensor, kappa: float, max_frac: float) -> torch.Tensor:
-    """(T,) bool mask of high-norm tokens among ``candidates`` (a (T,) bool mask)."""
-    idx = torch.nonzero(candidates).flatten()
-    mask = torch.zeros_like(candidates)
-    mask[idx[high_norm_tokens(hidden[idx], kappa, max_frac)]] = True
-    return mask
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(..., T, H*d) -> (H, T, d) for a single image / sequence."""
-    x = x.reshape(-1, x.shape[-1])
-    return x.view(x.shape[0], heads, -1).transpose(0, 1)
+def emergent_registers(hidden: torch.Tensor, candidates: torch.Tensor, count: int, kappa: float,
+                       max_frac: float) -> torch.Tensor:
+    """(B, T) bool mask of high-norm tokens among ``candidates`` ((B, T) bool, ``count`` per row); no host sync."""
+    norms = hidden.float().norm(dim=-1).masked_fill(~candidates, float("nan"))
+    return outlier_mask(norms, kappa, max_frac, count)
 
 
 def rotary_function(module: torch.nn.Module, name: str):
@@ -189,6 +190,7 @@ class Adapter:
         # decided once: sdpa / flash attention apply their causal kernels, eager needs the mask spelled out
         self._explicit_mask = self.lm.config._attn_implementation == "eager"
         self.probe = Probe(self.vision_layer())
+        self._layouts: dict = {}   # token layouts (boxes, grid, ...) by input geometry: pure functions of it
 
     # -- per family ----------------------------------------------------------------------------
     def vision_layer(self) -> torch.nn.Module:
@@ -202,6 +204,19 @@ class Adapter:
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         """Stage-I statistics (evidence, registers, attention, keys) from ``vis.captured``."""
         raise NotImplementedError
+
+    def cached_layout(self, key: tuple, build):
+        """``build()`` once per input geometry ``key`` (for example the image size), then a copy of its lists.
+
+        Token layouts (boxes, grid, kinds) are pure functions of the geometry, and computing them per token
+        in Python costs milliseconds on LLaVA-NeXT's 2,000+ tokens. At most 256 geometries are kept.
+        """
+        hit = self._layouts.get(key)
+        if hit is None:
+            hit = build()
+            if len(self._layouts) < 256:
+                self._layouts[key] = hit
+        return tuple(list(v) if isinstance(v, list) else v for v in hit)
 
     def positions(self, prep: Prepared) -> torch.Tensor:
         """Position ids of the full prompt: (1, L), or (3, L) for M-RoPE."""

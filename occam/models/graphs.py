@@ -112,9 +112,11 @@ class GraphSegments(PaddedSegments):
                     PaddedSegments._run(self, start, stop, static_h, static_rope)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: other threads' eager requests may allocate / launch while this one captures
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 out, kv = PaddedSegments._run(self, start, stop, static_h, static_rope)
         except Exception as e:  # a layer that cannot be captured: say so once, keep serving eagerly
+            self.pool = torch.cuda.graph_pool_handle()   # the failed capture may leave its pool marked as recording
             log.warning("CUDA graph capture of decoder layers %d..%d at length %d failed (%s); running them "
                         "eagerly", start, stop - 1, h.shape[1], e)
             return None

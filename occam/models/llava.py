@@ -18,8 +18,7 @@ import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
-from .base import (Adapter, Prepared, Probe, VisionOutput, VisionStats, emergent_registers, split_heads,
-                   vision_token_stats)
+from .base import Adapter, Prepared, Probe, VisionOutput, VisionStats, emergent_registers, vision_token_stats
 
 
 def _encoder_layers(tower) -> torch.nn.ModuleList:
@@ -82,7 +81,8 @@ class LlavaAdapter(Adapter):
     def encode(self, prep: Prepared) -> VisionOutput:
         with self.probe.capture() as cap:
             embeds = self._features(prep)
-        src, boxes, grid, kinds, row_id = self.layout(prep)
+        key = (prep.image_size, tuple(prep.inputs["pixel_values"].shape[1:]))
+        src, boxes, grid, kinds, row_id = self.cached_layout(key, lambda: self.layout(prep))
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
                             row_id=row_id, captured={"src": src, "input": cap["input"], "output": cap["output"]})
 
@@ -90,56 +90,56 @@ class LlavaAdapter(Adapter):
         """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT).
 
         Every supported tower (CLIP, SigLIP with a head token, DINOv2) puts a [CLS] token first: it is
-        a query, never a register, and its attention row is VisionZip's ranking.
+        a query, never a register, and its attention row is VisionZip's ranking. All tiles are scored in
+        one batch on the device, and the per-token results reach the host in one transfer.
         """
         src, x_in, x_out = vis.captured["src"], vis.captured["input"], vis.captured["output"]   # (tiles, T, C)
         per_frame = vis.frame is not None        # video: tiles are frames, each with its own registers
         tiles, tokens = x_in.shape[0], x_in.shape[1]
+        dev = x_in.device
         if self.n_registers:
-            regs = torch.zeros(tiles, tokens, dtype=torch.bool, device=x_in.device)
+            regs = torch.zeros(tiles, tokens, dtype=torch.bool, device=dev)
             regs[:, 1:1 + self.n_registers] = True
             source = "explicit"
         else:
-            cand = torch.ones(tiles, tokens, dtype=torch.bool, device=x_in.device)
+            cand = torch.ones(tiles, tokens, dtype=torch.bool, device=dev)
             cand[:, 0] = False
             if per_frame:
-                regs = torch.stack([emergent_registers(x_out[t], cand[t], cfg.kappa, cfg.max_register_frac)
-                                    for t in range(tiles)])
+                regs = emergent_registers(x_out, cand, tokens - 1, cfg.kappa, cfg.max_register_frac)
             else:
-                regs = emergent_registers(x_out.reshape(tiles * tokens, -1), cand.flatten(), cfg.kappa,
-                                          cfg.max_register_frac).view(tiles, tokens)
+                regs = emergent_registers(x_out.reshape(1, tiles * tokens, -1), cand.view(1, -1), tiles * (tokens - 1),
+                                          cfg.kappa, cfg.max_register_frac).view(tiles, tokens)
             source = "emergent"
         layer = vis.captured.get("module", self.probe.module)
         norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
         heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
         scale = getattr(attn, "scaling", None) or attn.scale
-        per_tile = []
-        for t in range(tiles):
-            h = norm(x_in[t])
-            q, k = split_heads(attn.q_proj(h), heads), split_heads(attn.k_proj(h), heads)
-            per_tile.append(vision_token_stats(q, k, scale, regs[t], 0, cfg.attn_chunk))
+        h = norm(x_in)
+        q, k = (proj(h).view(tiles, tokens, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj))
+        st = vision_token_stats(q, k, scale, regs, 0, cfg.attn_chunk)
+        host = torch.stack([st.evidence, st.register_attention, st.cls_attention, regs.float(),
+                            x_out.float().norm(dim=-1)], dim=-1).cpu()                       # (tiles, T, 5)
+        evidence, regs = host[..., 0], host[..., 3].bool()
         lm = slice(vis.captured.get("offset", self.offset), None)
+        ok = src >= 0
 
-        def gather(values: list[torch.Tensor | None], fill: float = float("nan")) -> torch.Tensor | None:
-            if any(v is None for v in values):
-                return None
-            flat = torch.stack([v[lm] for v in values]).flatten(0, 1).float().cpu()  # (tiles * P, ...)
-            out = flat.new_full((src.numel(),) + flat.shape[1:], fill)
-            ok = src >= 0
-            out[ok] = flat[src[ok]]
+        def gather(values: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:   # (tiles, T) -> (N,)
+            out = values.new_full((src.numel(),), fill)
+            out[ok] = values[:, lm].flatten()[src[ok]]
             return out
 
+        keys = None
+        if cfg.method == "visionzip" or cfg.temporal_similarity is not None:   # only they read the keys
+            flat, at = st.keys[:, lm].flatten(0, 1), torch.nonzero(ok).flatten()
+            keys = flat.new_zeros((src.numel(), flat.shape[1])).index_copy_(
+                0, at.to(dev, non_blocking=True), flat.index_select(0, src[at].to(dev, non_blocking=True)))
         return VisionStats(
-            evidence=gather([s.evidence for s in per_tile]), registers=gather([r.float() for r in regs], 0.0).bool(),
-            register_source=source,
-            register_values=torch.cat([s.evidence[r].float().cpu() for s, r in zip(per_tile, regs)]),
-            register_attention=gather([s.register_attention for s in per_tile]),
-            cls_attention=gather([s.cls_attention for s in per_tile]),
-            keys=torch.nan_to_num(gather([s.keys for s in per_tile]), nan=0.0),
-            norms=gather(list(x_out.float().norm(dim=-1))),
-            register_frame=torch.cat([torch.full((int(r.sum()),), t) for t, r in enumerate(regs)])
-            if per_frame else None)
+            evidence=gather(evidence), registers=gather(regs.float(), 0.0).bool(), register_source=source,
+            register_values=evidence[regs],
+            register_attention=gather(host[..., 1]) if regs.any(dim=1).all() else None,
+            cls_attention=gather(host[..., 2]), keys=keys, norms=gather(host[..., 4]),
+            register_frame=torch.arange(tiles).repeat_interleave(regs.sum(dim=1)) if per_frame else None)
 
 
 class LlavaNextAdapter(LlavaAdapter):

@@ -74,11 +74,8 @@ class QwenAdapter(Adapter):
             deepstack = [torch.cat(list(f), dim=0) if isinstance(f, (list, tuple)) else f for f in deepstack]
         t, gh, gw = (int(v) for v in thw[0])
         w, h = prep.image_size
-        patch = self.visual.config.patch_size
         rows, cols = gh // self.merge, gw // self.merge
-        aff = scale_to(w, h, gw * patch, gh * patch)
-        boxes = grid_boxes(aff, w, h, rows, cols, self.merge * patch, self.merge * patch) * t
-        grid = [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
+        boxes, grid = self.cached_layout((w, h, t, gh, gw), lambda: self._layout(w, h, t, rows, cols))
         frame = frame_times = None
         if video:   # a temporal patch pairs frames; its time is the mean of theirs (as Qwen3-VL's prompt stamps)
             ts, tp = list(prep.video.timestamps), self.visual.config.temporal_patch_size
@@ -89,6 +86,13 @@ class QwenAdapter(Adapter):
                             layer=self.layer_index, deepstack=deepstack or None, captured={"thw": thw, **cap},
                             frame=frame, frame_times=frame_times)
 
+    def _layout(self, w: int, h: int, t: int, rows: int, cols: int) -> tuple[list, list]:
+        """Boxes and [frame, row, col] of the merged tokens of t temporal patches of rows x cols."""
+        cell = self.merge * self.visual.config.patch_size
+        aff = scale_to(w, h, cols * cell, rows * cell)
+        boxes = grid_boxes(aff, w, h, rows, cols, cell, cell) * t
+        return boxes, [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
+
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         cap, thw = vis.captured, vis.captured["thw"]
         x_in, x_out = cap["input"], cap["output"]          # (T, C) patches, in the blocks' order
@@ -97,6 +101,7 @@ class QwenAdapter(Adapter):
         block = self.probe.module
         attn = block.attn
         cos, sin = cap["kwargs"]["position_embeddings"]
+        rotate = rotary_function(attn, "apply_rotary_pos_emb_vision")
         # the ViT attends within each temporal patch (one segment for an image): score each segment alone,
         # with its own emergent registers; the window order keeps segments contiguous and in time order
         segments = [int(h) * int(w) for t, h, w in thw.tolist() for _ in range(int(t))] \
@@ -105,40 +110,39 @@ class QwenAdapter(Adapter):
         for size in segments:
             sl = slice(start, start + size)
             start += size
-            r = emergent_registers(x_out[sl], torch.ones(size, dtype=torch.bool, device=x_out.device),
-                                   cfg.kappa, cfg.max_register_frac)
+            ones = torch.ones(1, size, dtype=torch.bool, device=x_out.device)
+            r = emergent_registers(x_out[sl][None], ones, size, cfg.kappa, cfg.max_register_frac)
             qkv = attn.qkv(block.norm1(x_in[sl])).reshape(size, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
-            q, k = rotary_function(attn, "apply_rotary_pos_emb_vision")(qkv[0], qkv[1], cos[sl], sin[sl])
-            parts.append(vision_token_stats(q.transpose(0, 1), k.transpose(0, 1), attn.scaling, r, None,
+            q, k = rotate(qkv[0], qkv[1], cos[sl], sin[sl])
+            parts.append(vision_token_stats(q.transpose(0, 1)[None], k.transpose(0, 1)[None], attn.scaling, r, None,
                                             cfg.attn_chunk))
-            regs_parts.append(r)
+            regs_parts.append(r[0])
         regs = torch.cat(regs_parts)
-
-        def cat(name: str) -> torch.Tensor | None:   # a segment without registers pays them no attention
-            values = [getattr(p, name) for p in parts]
-            if all(v is None for v in values):
-                return None
-            return torch.cat([v if v is not None else torch.zeros(size, device=x_in.device)
-                              for v, size in zip(values, segments)])
-
-        st = parts[0] if len(parts) == 1 else type(parts[0])(cat("evidence"), cat("register_attention"), None,
-                                                               cat("keys"))
+        evidence = torch.cat([p.evidence[0] for p in parts])
+        reg_att = torch.cat([p.register_attention[0] for p in parts])   # 0 in a segment without registers
         order = self._window_order(thw)
-        restore = torch.argsort(order) if order is not None else torch.arange(n)
+        restore = (torch.argsort(order) if order is not None else torch.arange(n)).to(x_in.device)
 
-        def merged(values: torch.Tensor, how: str = "mean") -> torch.Tensor:
-            v = values.reshape(n, unit, *values.shape[1:])[restore.to(values.device)].float().cpu()
-            return v.any(1) if how == "any" else v.amax(1) if how == "max" else v.mean(1)
+        def merged(values: torch.Tensor) -> torch.Tensor:   # patches (window order) -> (n, unit, ...) raster order
+            return values.reshape(n, unit, *values.shape[1:])[restore]
 
-        evidence = merged(st.evidence)
+        norms = x_out.float().norm(dim=-1)
+        per_token = torch.stack([merged(evidence).mean(1), merged(reg_att).mean(1), merged(regs.float()).amax(1),
+                                 merged(norms).amax(1)], dim=-1)
+        host = torch.cat([per_token.flatten(), evidence, regs.float()]).cpu()    # one transfer
+        per_token, patch_ev, patch_regs = host[:4 * n].view(n, 4), host[4 * n:4 * n + regs.numel()], \
+            host[4 * n + regs.numel():].bool()
+        keys = None
+        if cfg.method == "visionzip" or cfg.temporal_similarity is not None:   # only they read the keys
+            keys = merged(torch.cat([p.keys[0] for p in parts])).float().mean(1)
         return VisionStats(
-            evidence=evidence, registers=merged(regs, "any"), register_source="emergent",
-            register_values=st.evidence[regs].float().cpu(),
-            register_attention=merged(st.register_attention) if st.register_attention is not None else None,
-            cls_attention=evidence,            # no [CLS]: VisionZip ranks by attention received
-            keys=merged(st.keys), norms=merged(x_out.float().norm(dim=-1), "max"),
-            register_frame=torch.cat([torch.full((int(r.sum()),), f) for f, r in enumerate(regs_parts)])
-            if vis.frame is not None else None)
+            evidence=per_token[:, 0], registers=per_token[:, 2].bool(), register_source="emergent",
+            register_values=patch_ev[patch_regs],
+            register_attention=per_token[:, 1] if patch_regs.any() else None,
+            cls_attention=per_token[:, 0],        # no [CLS]: VisionZip ranks by attention received
+            keys=keys, norms=per_token[:, 3],
+            register_frame=torch.arange(len(segments)).repeat_interleave(
+                torch.tensor([int(r.sum()) for r in patch_regs.split(segments)])) if vis.frame is not None else None)
 
 
 class Qwen3Adapter(QwenAdapter):
