@@ -487,6 +487,16 @@ def queue_limits() -> tuple[int, int]:
     return limit, size
 
 
+INSPECTOR_HELP = ("Click a token on the image (or type its index) to see its score at each stage, its rank, the "
+                  "threshold and the decision, the register reference it was tested against and, for Stage II, the "
+                  "question tokens that drew on it most.")
+METHODS_HELP = ("One image and question under occam (α/β calibrated on this input to the target retention) and the "
+                "fixed-budget baselines at the same retention, each answer beside its kept-token mask, plus the full "
+                "model. Press **Compare methods**.")
+SWEEP_HELP = ("Runs the pruned model on the same input across a range of the chosen setting (other knobs as set on "
+              "the left) to show where the answer changes.")
+
+
 def build_demo() -> gr.Blocks:
     """The whole app as a gr.Blocks (queued: see queue_limits)."""
     defaults = default_values()
@@ -500,100 +510,96 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="OccamToken: register-anchored visual-token pruning", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# OccamToken\nAsk a question about an image; the app answers it with the full model and with "
                     "visual tokens pruned, and shows which tokens were kept and why.", elem_id="title")
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320) as left:
-                image = image_input(label="Image", height=300, sources=["upload", "clipboard"], elem_id="image")
-                image_info = gr.Markdown("", elem_id="image-info")
-                question = gr.Textbox(label="Question", placeholder="What color is the circle?", lines=2,
-                                      max_lines=6, elem_id="question")
-                reference = gr.Textbox(label="Reference answer (optional: checks both answers)", max_lines=2,
-                                       placeholder="e.g. four", elem_id="reference")
-                control("target_retention")
-                with gr.Row():
-                    control("model")
-                    control("method")
-                control("thresholds")
-                with gr.Accordion("Pruning knobs", open=False, elem_id="knobs"):
-                    gr.Markdown("Empty number fields mean **auto**; any typed value, 0 included, is checked "
-                                "as typed.")
-                    for name in ADVANCED_ORDER:
-                        if name in specs and name not in comps:
-                            control(name)
-                    with gr.Accordion("More knobs", open=False, elem_id="more-knobs"):
-                        for k in backend.knobs():  # every other setting, new config fields included
-                            if k.name not in comps and k.name not in ("max_new_tokens", "repeats"):
-                                control(k.name)
-                    control("max_new_tokens")
-                    control("repeats")
-                with gr.Row():
-                    run = gr.Button("Compare full vs pruned", variant="primary", elem_id="run")
-                    methods_run = gr.Button("Compare methods", elem_id="methods-run")
-                status = gr.Markdown(model_status(), elem_id="model-status")
-            with gr.Column(scale=3, min_width=300):
-                with gr.Row(equal_height=True):
-                    with gr.Column(min_width=200):
-                        full_answer = gr.Textbox(label="Full model (method none)", interactive=False, max_lines=4,
-                                                 elem_id="full-answer")
-                        full_meta = gr.Markdown(elem_id="full-meta")
-                    with gr.Column(min_width=200):
-                        pruned_answer = gr.Textbox(label="Pruned", interactive=False, max_lines=4,
-                                                   elem_id="pruned-answer")
-                        pruned_meta = gr.Markdown(elem_id="pruned-meta")
-                agreement_md = gr.Markdown(elem_id="agreement")
-                budget_md = gr.Markdown(elem_id="budget")
-                speed = gr.Markdown(elem_id="speedup")
-                with gr.Tabs(overflow_behavior="wrap"):
-                    plots = []
-                    for view in render.VIEWS:
-                        with gr.Tab(TAB_LABELS[view]):
-                            plots.append(gr.Plot(label=render.VIEW_TITLES[view], elem_id=f"plot-{view}"))
-                with gr.Tabs(overflow_behavior="wrap"):
-                    with gr.Tab("Stats"):
-                        stats = gr.Markdown(elem_id="stats")
-                    with gr.Tab("Token inspector", elem_id="tab-inspector"):
-                        gr.Markdown("Click a token on the image (or type its index) to see its score at each stage, "
-                                    "its rank, the threshold and the decision, the register reference it was tested "
-                                    "against and, for Stage II, the question tokens that drew on it most.")
-                        with gr.Row():
-                            with gr.Column(scale=3, min_width=240):
-                                inspect_img = gr.Image(label="Click a token", interactive=False, type="pil",
-                                                       elem_id="inspect-image", buttons=[])
-                            with gr.Column(scale=2, min_width=200):
-                                inspect_token = gr.Number(label="token index", precision=0, elem_id="inspect-token")
-                                inspect_go = gr.Button("Inspect token", elem_id="inspect-go")
-                                inspect_md = gr.Markdown(elem_id="inspector")
-                    with gr.Tab("Method comparison", elem_id="tab-methods"):
-                        gr.Markdown("One image and question under occam (α/β calibrated on this input to the target "
-                                    "retention) and the fixed-budget baselines at the same retention, each answer "
-                                    "beside its kept-token mask, plus the full model. Press **Compare methods**.")
-                        methods_html = gr.HTML(elem_id="method-grid")
-                        methods_df = gr.Dataframe(headers=render.METHOD_COLUMNS, interactive=False, wrap=True,
-                                                  elem_id="method-table")
-                        methods_file = gr.File(label="Download (JSON, with every trace)", elem_id="methods-file")
-                    with gr.Tab("Histograms"):
-                        hist = gr.Plot(label="Evidence scores", elem_id="plot-histogram")
-                    with gr.Tab("Budget sweep"):
-                        gr.Markdown("Runs the pruned model on the same input across a range of the chosen "
-                                    "setting (other knobs as set on the left) to show where the answer changes.")
-                        with gr.Row():
-                            sweep_param = gr.Radio(list(backend.SWEEP_PARAMS), value="alpha=beta",
-                                                   label="Sweep over")
-                            sweep_values = gr.Textbox(backend.DEFAULT_SWEEP_VALUES["alpha=beta"],
-                                                      label="Values (comma-separated)")
-                        sweep_run = gr.Button("Run sweep", elem_id="sweep-run")
-                        sweep_plot = gr.Plot(label="Kept tokens and answers", elem_id="plot-sweep")
-                        sweep_md = gr.Markdown(elem_id="sweep-summary")
-                        sweep_df = gr.Dataframe(headers=render.SWEEP_COLUMNS, interactive=False, wrap=True)
-                trace_file = gr.File(label="Download the whole trace (JSON)", elem_id="trace-file")
-                with gr.Accordion("Static overlays (PNG)", open=False):
-                    gallery = gr.Gallery(columns=3, height="auto", label="Overlays", show_label=False,
-                                         elem_id="gallery")
-
-        # --- video tab (app/video.py): begin ---
+        # the two kinds of input, as top-level tabs: an image (default) and a video (app/video.py)
         from .video import build_video_tab
-        with gr.Tabs():
+        with gr.Tabs(elem_id="input-kind"):
+            with gr.Tab("Image", elem_id="image-tab"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320) as left:
+                        image = image_input(label="Image", height=300, sources=["upload", "clipboard"], elem_id="image")
+                        image_info = gr.Markdown("", elem_id="image-info")
+                        question = gr.Textbox(label="Question", placeholder="What color is the circle?", lines=2,
+                                              max_lines=6, elem_id="question")
+                        reference = gr.Textbox(label="Reference answer (optional: checks both answers)", max_lines=2,
+                                               placeholder="e.g. four", elem_id="reference")
+                        control("target_retention")
+                        with gr.Row():
+                            control("model")
+                            control("method")
+                        control("thresholds")
+                        with gr.Accordion("Pruning knobs", open=False, elem_id="knobs"):
+                            gr.Markdown("Empty number fields mean **auto**; any typed value, 0 included, is checked "
+                                        "as typed.")
+                            for name in ADVANCED_ORDER:
+                                if name in specs and name not in comps:
+                                    control(name)
+                            with gr.Accordion("More knobs", open=False, elem_id="more-knobs"):
+                                for k in backend.knobs():  # every other setting, new config fields included
+                                    if k.name not in comps and k.name not in ("max_new_tokens", "repeats"):
+                                        control(k.name)
+                            control("max_new_tokens")
+                            control("repeats")
+                        with gr.Row():
+                            run = gr.Button("Compare full vs pruned", variant="primary", elem_id="run")
+                            methods_run = gr.Button("Compare methods", elem_id="methods-run")
+                        status = gr.Markdown(model_status(), elem_id="model-status")
+                    with gr.Column(scale=3, min_width=300):
+                        with gr.Row(equal_height=True):
+                            with gr.Column(min_width=200):
+                                full_answer = gr.Textbox(label="Full model (method none)", interactive=False,
+                                                         max_lines=4, elem_id="full-answer")
+                                full_meta = gr.Markdown(elem_id="full-meta")
+                            with gr.Column(min_width=200):
+                                pruned_answer = gr.Textbox(label="Pruned", interactive=False, max_lines=4,
+                                                           elem_id="pruned-answer")
+                                pruned_meta = gr.Markdown(elem_id="pruned-meta")
+                        agreement_md = gr.Markdown(elem_id="agreement")
+                        budget_md = gr.Markdown(elem_id="budget")
+                        speed = gr.Markdown(elem_id="speedup")
+                        with gr.Tabs(overflow_behavior="wrap"):
+                            plots = []
+                            for view in render.VIEWS:
+                                with gr.Tab(TAB_LABELS[view]):
+                                    plots.append(gr.Plot(label=render.VIEW_TITLES[view], elem_id=f"plot-{view}"))
+                        with gr.Tabs(overflow_behavior="wrap"):
+                            with gr.Tab("Stats"):
+                                stats = gr.Markdown(elem_id="stats")
+                            with gr.Tab("Token inspector", elem_id="tab-inspector"):
+                                gr.Markdown(INSPECTOR_HELP)
+                                with gr.Row():
+                                    with gr.Column(scale=3, min_width=240):
+                                        inspect_img = gr.Image(label="Click a token", interactive=False, type="pil",
+                                                               elem_id="inspect-image", buttons=[])
+                                    with gr.Column(scale=2, min_width=200):
+                                        inspect_token = gr.Number(label="token index", precision=0,
+                                                                  elem_id="inspect-token")
+                                        inspect_go = gr.Button("Inspect token", elem_id="inspect-go")
+                                        inspect_md = gr.Markdown(elem_id="inspector")
+                            with gr.Tab("Method comparison", elem_id="tab-methods"):
+                                gr.Markdown(METHODS_HELP)
+                                methods_html = gr.HTML(elem_id="method-grid")
+                                methods_df = gr.Dataframe(headers=render.METHOD_COLUMNS, interactive=False, wrap=True,
+                                                          elem_id="method-table")
+                                methods_file = gr.File(label="Download (JSON, with every trace)",
+                                                       elem_id="methods-file")
+                            with gr.Tab("Histograms"):
+                                hist = gr.Plot(label="Evidence scores", elem_id="plot-histogram")
+                            with gr.Tab("Budget sweep"):
+                                gr.Markdown(SWEEP_HELP)
+                                with gr.Row():
+                                    sweep_param = gr.Radio(list(backend.SWEEP_PARAMS), value="alpha=beta",
+                                                           label="Sweep over")
+                                    sweep_values = gr.Textbox(backend.DEFAULT_SWEEP_VALUES["alpha=beta"],
+                                                              label="Values (comma-separated)")
+                                sweep_run = gr.Button("Run sweep", elem_id="sweep-run")
+                                sweep_plot = gr.Plot(label="Kept tokens and answers", elem_id="plot-sweep")
+                                sweep_md = gr.Markdown(elem_id="sweep-summary")
+                                sweep_df = gr.Dataframe(headers=render.SWEEP_COLUMNS, interactive=False, wrap=True)
+                        trace_file = gr.File(label="Download the whole trace (JSON)", elem_id="trace-file")
+                        with gr.Accordion("Static overlays (PNG)", open=False):
+                            gallery = gr.Gallery(columns=3, height="auto", label="Overlays", show_label=False,
+                                                 elem_id="gallery")
             build_video_tab()
-        # --- video tab: end ---
 
         state = gr.State(None)
         knobs = [comps[name] for name in KNOBS]

@@ -137,7 +137,8 @@ def per_frame_figure(trace: Any) -> go.Figure:
                             ("final", "kept (final)", "solid")):
         fig.add_trace(go.Scatter(x=x, y=per[key], mode="lines+markers", name=name, line={"dash": dash}))
     fig.update_layout(xaxis_title="time (s)", yaxis_title="tokens per frame", height=300,
-                      margin={"l": 40, "r": 10, "t": 30, "b": 40}, legend={"orientation": "h"})
+                      margin={"l": 40, "r": 10, "t": 40, "b": 40},   # legend above the plot, clear of the x title
+                      legend={"orientation": "h", "x": 1, "y": 1.02, "xanchor": "right", "yanchor": "bottom"})
     return fig
 
 
@@ -147,7 +148,8 @@ def video_summary_markdown(comp: VideoComparison) -> str:
     return (f"**{comp.model}** ({comp.family}) · {len(f.frame_times)} frames from a {len(comp.video)}-frame "
             f"sample · {c['visual']} visual tokens → {c['after_stage1']} after Stage I → {c['final']} kept "
             f"({100 * c['retention']:.1f}%) · prefill {f.timings['prefill_s']:.2f} s → {p.timings['prefill_s']:.2f} s"
-            f" · FLOPs-ideal prefill × {p.flops['prefill_full'] / max(1, p.flops['prefill']):.2f}")
+            f" (one run each, no spread: not a benchmark)"
+            f" · FLOPs-ideal prefill × {p.flops['prefill_full'] / max(1, p.flops['prefill']):.2f} (estimate)")
 
 
 # -- UI -------------------------------------------------------------------------------------------------

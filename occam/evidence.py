@@ -33,19 +33,6 @@ def _softmax_chunks(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int,
         yield logits.softmax(dim=-1)
 
 
-def attention_colmean(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 256,
-                      row_positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over heads and query rows of softmax(q k^T * scale): shape (S,).
-
-    q: (H, R, d) only the query rows wanted, k: (H, S, d) keys (GQA groups already expanded).
-    With ``row_positions`` (R,), row r is causal: it only sees keys 0..row_positions[r].
-    """
-    total = torch.zeros(k.shape[1], dtype=torch.float32, device=k.device)
-    for probs in _softmax_chunks(q, k, scale, chunk, row_positions):
-        total += probs.sum(dim=(0, 1))
-    return total / max(1, k.shape[0] * q.shape[1])
-
-
 def attention_colmeans(q: torch.Tensor, k: torch.Tensor, scale: float, weights: torch.Tensor,
                        chunk: int = 256) -> torch.Tensor:
     """Several weighted means over query rows of the head-averaged softmax(q k^T * scale), in one pass.

@@ -59,7 +59,9 @@ def load_model_and_processor(name_or_path: str | os.PathLike, *, dtype=None, dev
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"The toy model is not available: expected a saved model (config.json, weights, processor files) "
-                f"in {folder}. It is produced by the repository's toy-model training; run that first."
+                f"in {folder}. It ships with the source checkout (assets/toy), not with the installed package: "
+                f"pass that folder instead of 'toy' (e.g. occam.load('<checkout>/assets/toy')), or retrain it "
+                f"with `python -m occam.toy.train --out <folder>`."
             )
         model, processor = _load_from_pretrained(str(folder), dtype=dtype, device=device)
     elif name in archs.ARCH_NAMES:

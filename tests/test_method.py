@@ -68,14 +68,13 @@ def test_threshold_keeps_registers_and_applies_rails():
     assert keep.tolist() == [False, True, True, False, False]
 
 
-def test_attention_colmean_matches_dense_softmax_and_is_causal():
+def test_attention_rows_match_dense_softmax_and_are_causal():
     torch.manual_seed(3)
     q, k = torch.randn(2, 7, 4), torch.randn(2, 7, 4)
     rows = torch.tensor([2, 5, 6])
     dense = torch.softmax(q @ k.transpose(1, 2) * 0.5 + torch.full((7, 7), float("-inf")).triu(1), dim=-1)
-    expect = dense[:, rows].mean(dim=(0, 1))
-    got = evidence.attention_colmean(q[:, rows], k, 0.5, chunk=2, row_positions=rows)
-    torch.testing.assert_close(got, expect)
+    got = evidence.attention_rows(q[:, rows], k, 0.5, chunk=2, row_positions=rows)
+    torch.testing.assert_close(got, dense[:, rows].mean(dim=0))
 
 
 def test_attention_colmeans_match_dense_softmax_in_one_pass_or_in_blocks(monkeypatch):
@@ -84,7 +83,8 @@ def test_attention_colmeans_match_dense_softmax_in_one_pass_or_in_blocks(monkeyp
     regs = torch.zeros(3, 9, dtype=torch.bool)
     regs[:, 1:3] = True
     regs[2] = False                                                   # a tile without registers
-    w = torch.stack([(~regs).float() / (~regs).sum(1, keepdim=True), regs.float() / regs.sum(1, keepdim=True).clamp(min=1)], 1)
+    w = torch.stack([(~regs).float() / (~regs).sum(1, keepdim=True),
+                     regs.float() / regs.sum(1, keepdim=True).clamp(min=1)], 1)
     dense = torch.softmax(q @ k.transpose(-1, -2) * 0.5, dim=-1).mean(dim=1)   # (B, T, T) head-averaged
     expect = torch.einsum("bwr,brs->bws", w, dense)
     torch.testing.assert_close(evidence.attention_colmeans(q, k, 0.5, w), expect)

@@ -334,7 +334,12 @@ def test_small_things_gallery_phone_log_and_trace_folders(server, browser):
         "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
     assert cut == [], cut
     # register markers: a readable label in the strip below the image
-    marks = page.locator("#plot-final .scatterlayer text").all_text_contents()
+    marks_js = "[...document.querySelectorAll('#plot-final .scatterlayer text')].map(e => e.textContent)"
+    try:   # Plotly may still be drawing on a loaded machine: wait for the labels, then check them
+        page.wait_for_function(f"{marks_js}.some(t => t.startsWith('R'))", timeout=30_000)
+    except Exception:
+        pass
+    marks = page.evaluate(marks_js)
     assert any(t.startswith("R") for t in marks), marks
     page.close()
     # phone width: the histogram fits the screen
