@@ -338,6 +338,9 @@ def parse_args(argv=None):
     ap.add_argument("--turns", type=int, default=6, help="questions per training image (multi-turn sequences)")
     ap.add_argument("--curriculum", type=float, default=0.0, help="fraction of steps ramping max objects 2 -> 6")
     ap.add_argument("--init-from", default="", help="continue from a saved checkpoint dir (stage 2)")
+    ap.add_argument("--vision-from", default="", help="vision tower weights from occam.toy.ssl (tower.pt); "
+                    "skips the supervised vision phase")
+    ap.add_argument("--freeze-vision", action="store_true", help="train only the projector and the LM (as LLaVA)")
     ap.add_argument("--qtype-weights", default="", help="e.g. count=2,position=1.5")
     ap.add_argument("--late-qtype-weights", default="", help="question mix from --late-from on, e.g. position=6")
     ap.add_argument("--late-from", type=float, default=1.0, help="fraction of steps after which the late mix applies")
@@ -368,6 +371,12 @@ def main(argv=None):
         args.vision_steps = 0
     else:
         model, processor = B.build(arch, seed=args.seed)
+    if args.vision_from:  # a self-supervised tower (occam.toy.ssl) replaces the tower's weights
+        model.model.vision_tower.load_state_dict(torch.load(args.vision_from, weights_only=True))
+        args.vision_steps = 0
+    if args.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
+        args.aux_weight, args.vision_steps = 0.0, 0  # the auxiliary probe trains the tower: nothing to do
     enc = Encoder(processor)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"arch {arch.to_dict()}  params {n_params/1e6:.2f}M  visual tokens {arch.num_visual_tokens}", flush=True)
@@ -383,6 +392,7 @@ def main(argv=None):
         model.model.vision_tower.encoder.register_forward_hook(aux.hook)
     decay, no_decay = [], []
     named = list(model.named_parameters()) + ([("aux." + n, p) for n, p in aux.named_parameters()] if aux else [])
+    named = [(n, p) for n, p in named if p.requires_grad]
     for n, p in named:
         (no_decay if p.ndim < 2 or "embed" in n or "norm" in n or "register" in n or "cls_token" in n else decay).append(p)
     opt = torch.optim.AdamW(
@@ -522,6 +532,8 @@ def main(argv=None):
         prev_time = prev_report.get("total_train_wall_time_s", prev_report["train_wall_time_s"])
     report["total_train_wall_time_s"] = round(prev_time + train_time, 1)
     report["qtype_weights"] = qw
+    report["vision_from"] = args.vision_from or None
+    report["freeze_vision"] = args.freeze_vision
     if late_qw:
         report["late_qtype_weights"] = {"from_step": late_step, "weights": late_qw}
     with open(os.path.join(args.out, "train_report.json"), "w") as f:
