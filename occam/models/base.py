@@ -131,8 +131,9 @@ def vision_token_stats(q: torch.Tensor, k: torch.Tensor, scale: float, registers
     rest = 1.0 - regs
     weights = [rest / rest.sum(-1, keepdim=True).clamp(min=1), regs / regs.sum(-1, keepdim=True).clamp(min=1)]
     if cls_index is not None:
-        weights.append(torch.nn.functional.one_hot(torch.full_like(registers[:, 0], cls_index, dtype=torch.long),
-                                                   registers.shape[1]).float())
+        cls = torch.zeros_like(regs)
+        cls[:, cls_index] = 1.0
+        weights.append(cls)
     means = attention_colmeans(q, k, scale, torch.stack(weights, dim=1), chunk)     # (B, W, T)
     keys = k.transpose(1, 2).reshape(k.shape[0], k.shape[2], -1)
     return TokenStats(means[:, 0], means[:, 1], means[:, 2] if cls_index is not None else None, keys)

@@ -44,6 +44,12 @@ class _TokenizerProcessor:
                                                   add_generation_prompt=add_generation_prompt, tokenize=tokenize,
                                                   **kwargs)
 
+    def _texts(self, text) -> list[str]:
+        """The prompt(s) of a call as a list; a call without one gets an error naming this processor."""
+        if text is None:
+            raise ValueError(f"{type(self).__name__} needs `text` (use the chat template to get a prompt).")
+        return [text] if isinstance(text, str) else list(text)
+
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
@@ -109,9 +115,7 @@ class QwenVLProcessor(_TokenizerProcessor):
     def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
 
-        if text is None:
-            raise ValueError("QwenVLProcessor needs `text` (use the chat template to get a prompt).")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = self._texts(text)
         video_inputs: dict[str, Any] = {}
         if videos is not None:
             video_inputs, texts = self._videos(videos, texts, kwargs.pop("video_timestamps", None))
@@ -243,9 +247,7 @@ class VideoLlavaPILProcessor(_TokenizerProcessor):
     def __call__(self, images=None, text=None, videos=None, return_tensors=None, padding=False, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
 
-        if text is None:
-            raise ValueError("VideoLlavaPILProcessor needs `text` (use the chat template to get a prompt).")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = self._texts(text)
         data: dict[str, Any] = {}
         if images is not None:
             pv = self.image_processor(images=_flatten_images(images), return_tensors="pt")["pixel_values"]

@@ -72,7 +72,7 @@ class QwenAdapter(Adapter):
         deepstack = getattr(out, "deepstack_features", None)
         if deepstack:
             deepstack = [torch.cat(list(f), dim=0) if isinstance(f, (list, tuple)) else f for f in deepstack]
-        t, gh, gw = (int(v) for v in thw[0])
+        t, gh, gw = thw[0].tolist()                      # one host read, not three
         w, h = prep.image_size
         rows, cols = gh // self.merge, gw // self.merge
         boxes, grid = self.cached_layout((w, h, t, gh, gw), lambda: self._layout(w, h, t, rows, cols))
