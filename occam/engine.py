@@ -128,6 +128,12 @@ def run(ad: Adapter, name: str, image, question: str, cfg: OccamConfig, max_new_
     return Result(text, tokens, trace, logits, cache if return_cache else None)
 
 
+def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: list[OccamConfig],
+              max_new_tokens: int, return_cache: bool = False, segments=None) -> list[Result]:
+    """Every request of a validated batch, each exactly as it would run alone."""
+    return [run(ad, name, im, q, c, max_new_tokens, return_cache, segments) for im, q, c in zip(images, questions, cfgs)]
+
+
 def vision(ad: Adapter, prep: Prepared, cfg: OccamConfig, clock: Clock):
     """Visual tokens, their Stage-I statistics (when the method needs them) and the Stage-I selection."""
     vis = ad.encode(prep)

@@ -47,30 +47,70 @@ class VLM:
 
     def generate(self, image, question: str, config: OccamConfig | None = None, max_new_tokens: int = 64,
                  return_cache: bool = False) -> Result:
-        """Answer ``question`` about ``image`` with greedy decoding under ``config``.
+        """Answer ``question`` about ``image`` with greedy decoding under ``config``: a batch of one.
 
         ``image``: a PIL image, or a video: an ``occam.Video``, a path with a video extension, a list of
         frames (PIL images / H x W x 3 uint8 arrays) or a T x H x W x 3 array (see ``occam.video``). Paths
         and frame lists are sampled as the model's processor asks (``adapter.video_sampling()``).
         """
-        cfg = OccamConfig() if config is None else config
-        if not isinstance(cfg, OccamConfig):
-            raise TypeError(f"config must be an occam.OccamConfig, got {type(cfg).__name__}.")
+        return self.generate_batch([image], [question], config, max_new_tokens, return_cache, _single=True)[0]
+
+    def generate_batch(self, images: list, questions: list[str], configs=None, max_new_tokens: int = 64,
+                       return_cache: bool = False, _single: bool = False) -> list[Result]:
+        """Answer ``questions[i]`` about ``images[i]`` for every i, each under its own config.
+
+        ``configs``: None (the default ``OccamConfig``), one config for all, or a list with one per request
+        (requests may differ in method, thresholds, K, retention, seed). Every result equals what
+        ``generate`` returns for that request alone. Every input is checked before any work: a bad one
+        raises a ``ValueError`` naming its index, and nothing runs.
+        """
+        images, questions, cfgs = self._check_batch(images, questions, configs, max_new_tokens, _single)
+        with torch.inference_mode():
+            return engine.run_batch(self.adapter, self.name, images, questions, cfgs, max_new_tokens,
+                                    return_cache, self.segments)
+
+    def _check_batch(self, images, questions, configs, max_new_tokens, single: bool):
+        """(images, questions, configs) as the engine takes them, or the first problem, naming its index."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: accepted an integer >= 0.")
-        if is_video_input(image):
-            if not self.adapter.takes_video:
-                raise ValueError(f"This model ({self.family}) takes images only; video input needs one of: "
-                                 + ", ".join(video_families()) + ".")
-            image = as_video(image, **self.adapter.video_sampling())
-        else:
-            image = to_rgb(image)
-        question = check_question(question)
-        if cfg.uses_stage2:
-            cfg.decoder_layer(self.num_layers)  # validates K before any work
-        with torch.inference_mode():
-            return engine.run(self.adapter, self.name, image, question, cfg, max_new_tokens, return_cache,
-                              self.segments)
+        for name, seq in (("images", images), ("questions", questions)):
+            if not isinstance(seq, (list, tuple)):
+                raise ValueError(f"{name} must be a list (one entry per request), got {type(seq).__name__}.")
+        if len(images) != len(questions):
+            raise ValueError(f"images and questions differ in length ({len(images)} vs {len(questions)}): "
+                             "accepted one question per image.")
+        if not images:
+            raise ValueError("An empty batch: accepted at least one (image, question) request.")
+        if configs is None or isinstance(configs, OccamConfig):
+            configs = [configs] * len(images)
+        elif not isinstance(configs, (list, tuple)) or len(configs) != len(images):
+            raise ValueError("configs must be None, one occam.OccamConfig, or a list of one per request "
+                             f"({len(images)}).")
+        where = (lambda i: "") if single else (lambda i: f"Request {i}: ")
+        out_images, out_questions, out_cfgs = [], [], []
+        for i, (image, question, cfg) in enumerate(zip(images, questions, configs)):
+            cfg = OccamConfig() if cfg is None else cfg
+            if not isinstance(cfg, OccamConfig):
+                if single:
+                    raise TypeError(f"config must be an occam.OccamConfig, got {type(cfg).__name__}.")
+                raise ValueError(f"{where(i)}config must be an occam.OccamConfig, got {type(cfg).__name__}.")
+            try:
+                if is_video_input(image):
+                    if not self.adapter.takes_video:
+                        raise ValueError(f"This model ({self.family}) takes images only; video input needs one "
+                                         "of: " + ", ".join(video_families()) + ".")
+                    image = as_video(image, **self.adapter.video_sampling())
+                else:
+                    image = to_rgb(image)
+                question = check_question(question)
+                if cfg.uses_stage2:
+                    cfg.decoder_layer(self.num_layers)  # validates K before any work
+            except (ValueError, TypeError) as e:
+                if single:
+                    raise
+                raise ValueError(f"{where(i)}{e}") from None
+            out_images.append(image), out_questions.append(question), out_cfgs.append(cfg)
+        return out_images, out_questions, out_cfgs
 
     def calibrate(self, samples: Iterable[tuple[Any, str]], target: float,
                   config: OccamConfig | None = None, tol: float = 0.005, iters: int = 24) -> OccamConfig:
