@@ -9,7 +9,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-METHODS = ("none", "occam", "topk", "fastv", "visionzip", "random")
+from .methods import METHODS, Method
+from .methods import get as get_method
 REFERENCES = ("register", "mean")
 KEEP_REGISTERS = ("explicit", "all", "none")
 
@@ -53,7 +54,7 @@ class OccamConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             _fail("method", self.method, "one of " + ", ".join(METHODS))
         if self.reference not in REFERENCES:
             _fail("reference", self.reference, "'register' or 'mean'")
@@ -85,30 +86,40 @@ class OccamConfig:
             _fail("temporal_similarity", t, "None or a cosine similarity in [-1, 1]")
         if isinstance(self.attn_chunk, bool) or not isinstance(self.attn_chunk, int) or self.attn_chunk < 1:
             _fail("attn_chunk", self.attn_chunk, "an integer >= 1")
-        if self.method in ("occam", "topk") and not (self.stage1 or self.stage2):
-            _fail("stage1", self.stage1, "at least one of stage1 / stage2 switched on")
+        self.spec.validate(self)
 
-    # -- derived views -------------------------------------------------------------------
+    # -- derived views: the method decides ---------------------------------------------------
+    @property
+    def spec(self) -> Method:
+        """The method module's object (``occam.methods``): what it needs, where it cuts, how it selects."""
+        return get_method(self.method)
+
     @property
     def uses_stage2(self) -> bool:
-        return self.method in ("occam", "topk") and self.stage2 or self.method == "fastv"
+        """Whether the run cuts inside the language model (Stage II, FastV)."""
+        return self.spec.uses_stage2(self)
 
     @property
     def uses_vision_stats(self) -> bool:
         """Whether the run needs the scored vision layer's statistics (Stage II also reads its registers)."""
-        return self.method in ("occam", "topk", "visionzip")
+        return self.spec.needs_vision_stats(self)
+
+    @property
+    def needs_keys(self) -> bool:
+        """Whether those statistics must include the scored layer's keys (VisionZip, temporal repeats)."""
+        return self.spec.needs_keys(self)
 
     def stage1_share(self, target: float) -> float:
-        """The retention Stage I aims at for an overall target: target ** stage_split with both stages on."""
-        return target ** self.stage_split if self.method in ("occam", "topk") and self.stage2 else target
+        """The retention the vision side aims at for an overall target (target ** stage_split for OccamToken)."""
+        return self.spec.stage1_share(self, target)
 
     def decoder_layer(self, num_layers: int) -> int:
-        """The decoder layer K where Stage II (or FastV) prunes, validated against the model depth."""
-        k = self.fastv_layer if self.method == "fastv" else self.stage2_layer
+        """The decoder layer K where the method cuts inside the language model, validated against the depth."""
+        name = self.spec.layer_field or "stage2_layer"
+        k = getattr(self, name)
         if k is None:
             k = max(1, round(0.34 * num_layers))
         if not 0 <= k < num_layers:
-            name = "fastv_layer" if self.method == "fastv" else "stage2_layer"
             raise ValueError(f"OccamConfig.{name}={k} is out of range: accepted 0..{num_layers - 1} for this "
                              f"model ({num_layers} decoder layers).")
         return k

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 import torch
 
-from . import engine
+from . import engine, memory
 from .calibration import calibrate
 from .config import OccamConfig
 from .engine import Result
@@ -20,11 +20,17 @@ __all__ = ["VLM", "Result"]
 class VLM:
     """A loaded model + processor. Settings travel with each call: nothing is stored on the model."""
 
-    def __init__(self, model, processor, name: str = "custom", prefill: str = "auto", preprocess: str = "auto"):
+    def __init__(self, model, processor, name: str = "custom", prefill: str = "auto", preprocess: str = "auto",
+                 kv_budget: int | None = None):
         """``prefill``: how decoder layers run in the prefill: "auto" (CUDA graphs at bucketed lengths on a
         GPU, eager per-layer calls elsewhere), "eager", "padded" (the graph path's padding, eagerly) or
         "cuda-graphs". ``preprocess``: "auto" (torchvision image processors on the GPU when torchvision is
-        installed, Pillow otherwise), "pil" or "torchvision"."""
+        installed, Pillow otherwise), "pil" or "torchvision". ``kv_budget``: the bytes one batch's KV cache
+        may take (a batch that would need more is split into groups that fit); None: half of the memory
+        free on the model's device at each call."""
+        if kv_budget is not None and (isinstance(kv_budget, bool) or not isinstance(kv_budget, int) or kv_budget < 1):
+            raise ValueError(f"kv_budget={kv_budget!r} is invalid: accepted None or a number of bytes >= 1.")
+        self.kv_budget = kv_budget
         model.eval()
         self.name = name
         self.model = model
@@ -66,8 +72,9 @@ class VLM:
         """
         images, questions, cfgs = self._check_batch(images, questions, configs, max_new_tokens, _single)
         with torch.inference_mode():
+            budget = self.kv_budget if self.kv_budget is not None else memory.kv_budget(self.adapter.device)
             return engine.run_batch(self.adapter, self.name, images, questions, cfgs, max_new_tokens,
-                                    return_cache, self.segments)
+                                    return_cache, self.segments, budget)
 
     def _check_batch(self, images, questions, configs, max_new_tokens, single: bool):
         """(images, questions, configs) as the engine takes them, or the first problem, naming its index."""

@@ -18,13 +18,13 @@ import contextlib
 import contextvars
 import inspect
 import sys
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from ..evidence import attention_colmeans
 from ..registers import outlier_mask
+from ..types import CapturedLayer, Prepared, TokenStats, VisionOutput, VisionStats
 from ..video import Video
 
 _CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("occam_capture", default=None)
@@ -61,64 +61,6 @@ class Probe:
             yield slot
         finally:
             _CAPTURE.reset(token)
-
-
-@dataclass
-class Prepared:
-    """Model inputs for one (image or video, question), plus what the trace needs to know about the input."""
-    inputs: dict
-    image_size: tuple[int, int]        # original (width, height) of the image, or of every video frame
-    prompt: str
-    video: Video | None = None         # the sampled clip, for a video input
-
-
-@dataclass
-class VisionOutput:
-    """The N visual tokens as the language model sees them, where they come from, and the captured layer."""
-    embeds: torch.Tensor                # (N, D) language-model input embeddings
-    boxes: list                         # per token: [x0, y0, x1, y1] in original pixels, or None
-    grid: list                          # per token: [tile, row, col]
-    kinds: list[str]                    # per token: "patch", "cls", "register" (explicit), "newline"
-    layer: int                          # index of the vision layer scored
-    row_id: torch.Tensor | None = None  # (N,) long: NeXT row of a tile token / newline, -1 else
-    deepstack: list | None = None       # Qwen3-VL: per LM layer, (N, D) features added after it
-    captured: dict | None = None        # the scored layer's input / kwargs / output, read by ``stats``
-    frame: torch.Tensor | None = None   # video: (N,) long, the frame (Qwen: temporal patch) of each token
-    frame_times: list | None = None     # video: seconds, per frame index of ``frame``
-
-    @property
-    def n(self) -> int:
-        return self.embeds.shape[0]
-
-
-@dataclass
-class VisionStats:
-    """Stage-I statistics of the scored vision layer, per visual token (N), on the CPU (keys: on the device)."""
-    evidence: torch.Tensor                    # (N,) e_j, mean attention drawn from non-register queries
-    registers: torch.Tensor                   # (N,) bool: the reference tokens
-    register_source: str                      # "explicit" or "emergent"
-    register_values: torch.Tensor             # evidence of the registers at their native granularity
-    register_attention: torch.Tensor | None   # (N,) attention paid by the registers
-    cls_attention: torch.Tensor               # (N,) [CLS] attention (VisionZip); e_j when no CLS
-    keys: torch.Tensor | None                 # (N, dk) keys of the scored layer, on the model's device; only
-                                              # for the methods that read them (VisionZip, temporal_similarity)
-    register_frame: torch.Tensor | None = None  # video: (len(register_values),) the frame of each register value
-    norms: torch.Tensor | None = None         # (N,) L2 norm of the scored layer's output (Qwen: largest of the
-                                              # merged patches; NaN for row-end tokens): read by the premise report
-
-    @property
-    def explicit(self) -> torch.Tensor:
-        """(N,) bool: registers that exist by construction (kept under keep_registers='explicit')."""
-        return self.registers if self.register_source == "explicit" else torch.zeros_like(self.registers)
-
-
-@dataclass
-class TokenStats:
-    """Attention statistics of one vision layer over B images / tiles / frames of T tokens, on the device."""
-    evidence: torch.Tensor              # (B, T) mean over non-register queries of A[i, j]
-    register_attention: torch.Tensor    # (B, T) mean over register queries (0 where a row has none)
-    cls_attention: torch.Tensor | None  # (B, T) the [CLS] query's row
-    keys: torch.Tensor                  # (B, T, H*d)
 
 
 def vision_token_stats(q: torch.Tensor, k: torch.Tensor, scale: float, registers: torch.Tensor,
@@ -290,27 +232,38 @@ class Adapter:
         return len(self.lm.layers)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """(L,) token ids -> (1, L, D) input embeddings."""
-        return self.lm.embed_tokens(ids[None])
+        """(L,) token ids -> (1, L, D), or (B, L) -> (B, L, D): input embeddings."""
+        return self.lm.embed_tokens(ids[None] if ids.dim() == 1 else ids)
 
     def rope(self, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each (1, L, d), for position ids (P, L) with P = 3 for M-RoPE, 1 otherwise."""
-        return self.lm.rotary_emb(h, pos[:, None] if self.mrope else pos)
+        """(cos, sin), each (B, L, d), for position ids (P, L) (B = 1) or (B, P, L); P = 3 for M-RoPE, else 1."""
+        if pos.dim() == 2:
+            pos = pos[None]
+        return self.lm.rotary_emb(h, pos.transpose(0, 1) if self.mrope else pos[:, 0])
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.lm.config)
 
-    def layer(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache) -> torch.Tensor:
-        """Decoder layer i on (1, L, D), appending its keys / values to ``cache`` (causal over the L new tokens)."""
-        mask = None
-        if h.shape[1] > 1 and self._explicit_mask:
+    def kv_shape(self) -> tuple[int, int]:
+        """(key / value heads, head dim) of the decoder's KV cache."""
+        c = self.lm.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return heads, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+    def layer(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder layer i on (B, L, D), appending its keys / values to ``cache``.
+
+        Without ``mask`` the L new tokens are causal over themselves (the prefill, and a decode step whose
+        cache rows all hold the same length); ``mask``: an additive (B, 1, L, S) mask over the S keys."""
+        if mask is None and h.shape[1] > 1 and self._explicit_mask:
             mask = torch.full((h.shape[1],) * 2, torch.finfo(h.dtype).min, dtype=h.dtype, device=h.device).triu(1)
             mask = mask[None, None]
         return self.lm.layers[i](h, attention_mask=mask, position_embeddings=rope, **{self._cache_kw: cache})
 
     def logits(self, h_last: torch.Tensor) -> torch.Tensor:
-        """(1, 1, D) last hidden state -> (V,) next-token logits."""
-        return self.model.lm_head(self.lm.norm(h_last))[0, -1]
+        """(B, 1, D) last hidden states -> (B, V) next-token logits."""
+        return self.model.lm_head(self.lm.norm(h_last))[:, -1]
 
     def query_key(self, i: int, hidden: torch.Tensor, rows: torch.Tensor,
                   rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:

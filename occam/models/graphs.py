@@ -90,7 +90,7 @@ class GraphSegments(PaddedSegments):
             return super().__call__(start, stop, h, rope, cache).clone()
 
     def _run(self, start, stop, h, rope):
-        key = (start, stop, h.shape[1], h.dtype)
+        key = (start, stop, h.shape[0], h.shape[1], h.dtype)
         if key not in self.graphs:
             self.graphs[key] = self._capture(start, stop, h, rope)
         g = self.graphs[key]

@@ -18,7 +18,8 @@ import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
-from .base import Adapter, Prepared, Probe, VisionOutput, VisionStats, emergent_registers, vision_token_stats
+from ..types import CapturedLayer, Prepared, VisionOutput, VisionStats
+from .base import Adapter, Probe, emergent_registers, vision_token_stats
 
 
 def _encoder_layers(tower) -> torch.nn.ModuleList:
@@ -84,7 +85,8 @@ class LlavaAdapter(Adapter):
         key = (prep.image_size, tuple(prep.inputs["pixel_values"].shape[1:]))
         src, boxes, grid, kinds, row_id = self.cached_layout(key, lambda: self.layout(prep))
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
-                            row_id=row_id, captured={"src": src, "input": cap["input"], "output": cap["output"]})
+                            row_id=row_id, captured=CapturedLayer(cap["input"], cap["output"], module=self.probe.module, src=src,
+                                                   offset=self.offset))
 
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT).
@@ -93,7 +95,8 @@ class LlavaAdapter(Adapter):
         a query, never a register, and its attention row is VisionZip's ranking. All tiles are scored in
         one batch on the device, and the per-token results reach the host in one transfer.
         """
-        src, x_in, x_out = vis.captured["src"], vis.captured["input"], vis.captured["output"]   # (tiles, T, C)
+        cap = vis.captured
+        src, x_in, x_out = cap.src, cap.input, cap.output   # (tiles, T, C)
         per_frame = vis.frame is not None        # video: tiles are frames, each with its own registers
         tiles, tokens = x_in.shape[0], x_in.shape[1]
         dev = x_in.device
@@ -110,7 +113,7 @@ class LlavaAdapter(Adapter):
                 regs = emergent_registers(x_out.reshape(1, tiles * tokens, -1), cand.view(1, -1), tiles * (tokens - 1),
                                           cfg.kappa, cfg.max_register_frac).view(tiles, tokens)
             source = "emergent"
-        layer = vis.captured.get("module", self.probe.module)
+        layer = cap.module
         norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
         heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
@@ -121,7 +124,7 @@ class LlavaAdapter(Adapter):
         host = torch.stack([st.evidence, st.register_attention, st.cls_attention, regs.float(),
                             x_out.float().norm(dim=-1)], dim=-1).cpu()                       # (tiles, T, 5)
         evidence, regs = host[..., 0], host[..., 3].bool()
-        lm = slice(vis.captured.get("offset", self.offset), None)
+        lm = slice(cap.offset, None)
         ok = src >= 0
 
         def gather(values: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:   # (tiles, T) -> (N,)
@@ -130,7 +133,7 @@ class LlavaAdapter(Adapter):
             return out
 
         keys = None
-        if cfg.method == "visionzip" or cfg.temporal_similarity is not None:   # only they read the keys
+        if cfg.needs_keys:   # only some methods read the keys (VisionZip, temporal repeats)
             flat, at = st.keys[:, lm].flatten(0, 1), torch.nonzero(ok).flatten()
             keys = flat.new_zeros((src.numel(), flat.shape[1])).index_copy_(
                 0, at.to(dev, non_blocking=True), flat.index_select(0, src[at].to(dev, non_blocking=True)))
@@ -222,6 +225,6 @@ class VideoLlavaAdapter(LlavaAdapter):
             grid += [[f, -1, i] for i in range(lead)] + [[f, r, c] for r in range(self.grid) for c in range(self.grid)]
         frame = torch.arange(frames).repeat_interleave(per)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
-                            captured={"src": torch.arange(embeds.shape[0]), "input": cap["input"],
-                                      "output": cap["output"], "module": self.video_probe.module, "offset": 0},
+                            captured=CapturedLayer(cap["input"], cap["output"], module=self.video_probe.module,
+                                                   src=torch.arange(embeds.shape[0]), offset=0),
                             frame=frame, frame_times=list(prep.video.timestamps))

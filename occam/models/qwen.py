@@ -20,7 +20,8 @@ import torch
 from transformers.vision_utils import get_vision_window_index
 
 from ..geometry import grid_boxes, scale_to
-from .base import Adapter, Prepared, VisionOutput, VisionStats, emergent_registers, rotary_function, vision_token_stats
+from ..types import CapturedLayer, Prepared, VisionOutput, VisionStats
+from .base import Adapter, emergent_registers, rotary_function, vision_token_stats
 
 
 class QwenAdapter(Adapter):
@@ -83,7 +84,7 @@ class QwenAdapter(Adapter):
             frame_times = [(ts[i * tp] + ts[i * tp + tp - 1]) / 2 for i in range(t)]
             frame = torch.arange(t).repeat_interleave(rows * cols)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
-                            layer=self.layer_index, deepstack=deepstack or None, captured={"thw": thw, **cap},
+                            layer=self.layer_index, deepstack=deepstack or None, captured=CapturedLayer(cap["input"], cap["output"], cap["kwargs"], self.probe.module, thw=thw),
                             frame=frame, frame_times=frame_times)
 
     def _layout(self, w: int, h: int, t: int, rows: int, cols: int) -> tuple[list, list]:
@@ -94,13 +95,13 @@ class QwenAdapter(Adapter):
         return boxes, [[f, r, c] for f in range(t) for r in range(rows) for c in range(cols)]
 
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
-        cap, thw = vis.captured, vis.captured["thw"]
-        x_in, x_out = cap["input"], cap["output"]          # (T, C) patches, in the blocks' order
+        cap = vis.captured
+        thw, x_in, x_out = cap.thw, cap.input, cap.output   # x: (T, C) patches, in the blocks' order
         unit = self.merge ** 2
         n = x_in.shape[0] // unit
-        block = self.probe.module
+        block = cap.module
         attn = block.attn
-        cos, sin = cap["kwargs"]["position_embeddings"]
+        cos, sin = cap.kwargs["position_embeddings"]
         rotate = rotary_function(attn, "apply_rotary_pos_emb_vision")
         # the ViT attends within each temporal patch (one segment for an image): score each segment alone,
         # with its own emergent registers; the window order keeps segments contiguous and in time order
@@ -133,7 +134,7 @@ class QwenAdapter(Adapter):
         per_token, patch_ev, patch_regs = host[:4 * n].view(n, 4), host[4 * n:4 * n + regs.numel()], \
             host[4 * n + regs.numel():].bool()
         keys = None
-        if cfg.method == "visionzip" or cfg.temporal_similarity is not None:   # only they read the keys
+        if cfg.needs_keys:   # only some methods read the keys (VisionZip, temporal repeats)
             keys = merged(torch.cat([p.keys[0] for p in parts])).float().mean(1)
         return VisionStats(
             evidence=per_token[:, 0], registers=per_token[:, 2].bool(), register_source="emergent",
