@@ -123,11 +123,8 @@ def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: 
     """
     now = Clock(ad.device).now            # waits for this thread's stream on a GPU
     start = now()
-    reqs = []
-    for image, question, cfg in zip(images, questions, cfgs):
-        r = Request(image, question, cfg, Clock(ad.device))
-        prepare_request(ad, name, r)
-        reqs.append(r)
+    reqs = [Request(image, question, cfg, Clock(ad.device)) for image, question, cfg in zip(images, questions, cfgs)]
+    prepare(ad, name, reqs)
     results: list[Result | None] = [None] * len(reqs)
     for group in plan_groups(ad, reqs, max_new_tokens, kv_budget):
         batch = [reqs[i] for i in group]
@@ -139,25 +136,33 @@ def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: 
         for i, r in zip(group, batch):
             r.clock.add("prefill_s", t1 - t0)
             r.clock.add("decode_s", t2 - t1)
-            r.clock.times["total_s"] = t2 - start if len(reqs) > 1 else sum(
-                r.clock.times.get(k, 0.0) for k in ("preprocess_s", "vision_s", "prefill_s", "decode_s"))
+            r.clock.times["total_s"] = t2 - start
             row = group.index(i)
             kv = cache.row(row, _final_lengths(r), ad.lm.config) if return_cache else None
             results[i] = finish(ad, r, segments, len(batch), kv)
     return results
 
 
-def prepare_request(ad: Adapter, name: str, r: Request) -> None:
-    """Preprocess, vision and Stage I, and the prompt sequence of one request."""
-    r.prep = ad.prepare(r.image, r.question)
-    r.clock.lap("preprocess_s", "total_s")
-    r.vis, r.stats, r.keep, embeds, r.stage1 = vision(ad, r.prep, r.cfg, r.clock)
-    vis = r.vis
-    r.trace = Trace(model=name, family=ad.family, config=r.cfg.to_dict(), image_size=tuple(r.prep.image_size),
-                    num_visual=vis.n, boxes=vis.boxes, grid=vis.grid, kinds=vis.kinds)
-    r.seq = sequence(ad, r.prep, vis, embeds, r.keep)
-    r.full_len = r.prep.inputs["input_ids"].shape[1]
-    r.cut_at = r.cfg.decoder_layer(ad.num_layers) if r.cfg.uses_stage2 else None
+def prepare(ad: Adapter, name: str, reqs: list[Request]) -> None:
+    """Preprocess each request, its vision side (one tower call per group of like inputs, where the family
+    allows it), its Stage I and its prompt sequence. A batched step's time counts for every request in it."""
+    clock = Clock(ad.device)
+    for r in reqs:
+        r.prep = ad.prepare(r.image, r.question)
+    shared = clock.lap()
+    for r in reqs:
+        r.clock.add("preprocess_s", shared)
+    outputs = ad.encode_batch([r.prep for r in reqs])
+    shared = clock.lap()
+    for r, vis in zip(reqs, outputs):
+        r.clock.add("vision_s", shared)
+        r.clock.last = r.clock.now()
+        r.vis, r.stats, r.keep, embeds, r.stage1 = vision(ad, r.prep, vis, r.cfg, r.clock)
+        r.trace = Trace(model=name, family=ad.family, config=r.cfg.to_dict(), image_size=tuple(r.prep.image_size),
+                        num_visual=vis.n, boxes=vis.boxes, grid=vis.grid, kinds=vis.kinds)
+        r.seq = sequence(ad, r.prep, vis, embeds, r.keep)
+        r.full_len = r.prep.inputs["input_ids"].shape[1]
+        r.cut_at = r.cfg.decoder_layer(ad.num_layers) if r.cfg.uses_stage2 else None
 
 
 def kv_bytes_per_token(ad: Adapter) -> int:
@@ -226,15 +231,13 @@ def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache) -> Resu
     return Result(text, r.tokens, trace, r.logits, kv_cache)
 
 
-def vision(ad: Adapter, prep: Prepared, cfg: OccamConfig, clock: Clock):
-    """Visual tokens, their Stage-I statistics (when the method needs them) and the Stage-I selection."""
-    vis = ad.encode(prep)
-    clock.lap("vision_s", "total_s")
+def vision(ad: Adapter, prep: Prepared, vis: VisionOutput, cfg: OccamConfig, clock: Clock):
+    """The Stage-I statistics of encoded visual tokens (when the method needs them) and the Stage-I selection."""
     stats = ad.stats(vis, cfg) if cfg.uses_vision_stats else None
     vis.captured = None                      # release the captured vision layer
     seed = _input_digest(prep) if cfg.spec.seeded_by_input else 0
     keep, embeds, stage1 = cfg.spec.stage1(vis, stats, cfg, seed)
-    clock.lap("scoring_s", "vision_s", "total_s")   # Stage-I statistics and selection: part of vision_s
+    clock.lap("scoring_s", "vision_s")       # Stage-I statistics and selection: part of vision_s
     return vis, stats, keep, embeds, stage1
 
 

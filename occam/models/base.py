@@ -144,6 +144,10 @@ class Adapter:
         """Visual tokens as the LM sees them and their boxes; the scored layer is in ``captured``."""
         raise NotImplementedError
 
+    def encode_batch(self, preps: list[Prepared]) -> list[VisionOutput]:
+        """``encode`` of every input; families whose tower takes several inputs at once override it."""
+        return [self.encode(p) for p in preps]
+
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         """Stage-I statistics (evidence, registers, attention, keys) from ``vis.captured``."""
         raise NotImplementedError

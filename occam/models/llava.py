@@ -75,18 +75,34 @@ class LlavaAdapter(Adapter):
         """Kinds of the non-patch tokens that reach the LM before the patches (CLS under 'full', registers)."""
         return ["cls"] * (1 - self.offset) + ["register"] * self.n_registers
 
-    def _features(self, prep: Prepared) -> torch.Tensor:
-        out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"], return_dict=True)
-        return torch.cat(list(out.pooler_output), dim=0)
+    def _features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The LM's visual tokens (N, D) of each image in one tower call over stacked pixel values."""
+        out = self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        return list(out.pooler_output)
 
     def encode(self, prep: Prepared) -> VisionOutput:
-        with self.probe.capture() as cap:
-            embeds = self._features(prep)
+        return self.encode_batch([prep])[0]
+
+    def encode_batch(self, preps: list[Prepared]) -> list[VisionOutput]:
+        """Images of one pixel shape go through the tower together; the scored layer is captured for all
+        and each image keeps its own rows (the tower treats images independently)."""
+        out: list[VisionOutput | None] = [None] * len(preps)
+        groups: dict[tuple, list[int]] = {}
+        for i, prep in enumerate(preps):
+            groups.setdefault(tuple(prep.inputs["pixel_values"].shape[1:]), []).append(i)
+        for idx in groups.values():
+            with self.probe.capture() as cap:
+                feats = self._features(torch.cat([preps[i].inputs["pixel_values"] for i in idx]))
+            for j, i in enumerate(idx):
+                out[i] = self._output(preps[i], feats[j], cap["input"][j:j + 1], cap["output"][j:j + 1])
+        return out
+
+    def _output(self, prep: Prepared, embeds: torch.Tensor, x_in: torch.Tensor, x_out: torch.Tensor) -> VisionOutput:
         key = (prep.image_size, tuple(prep.inputs["pixel_values"].shape[1:]))
         src, boxes, grid, kinds, row_id = self.cached_layout(key, lambda: self.layout(prep))
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=kinds, layer=self.layer_index,
-                            row_id=row_id, captured=CapturedLayer(cap["input"], cap["output"], module=self.probe.module, src=src,
-                                                   offset=self.offset))
+                            row_id=row_id, captured=CapturedLayer(x_in, x_out, module=self.probe.module, src=src,
+                                                                  offset=self.offset))
 
     def stats(self, vis: VisionOutput, cfg) -> VisionStats:
         """Stage-I statistics per tile, one register reference for the whole image (ours for NeXT).
@@ -148,10 +164,15 @@ class LlavaAdapter(Adapter):
 class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
 
-    def _features(self, prep: Prepared) -> torch.Tensor:
-        out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"],
-                                                  image_sizes=prep.inputs["image_sizes"], return_dict=True)
-        return torch.cat(list(out.pooler_output), dim=0)
+    def encode(self, prep: Prepared) -> VisionOutput:
+        """One image at a time: its tiles (count and unpadding depend on the image's size) are one batch."""
+        with self.probe.capture() as cap:
+            out = self.model.model.get_image_features(pixel_values=prep.inputs["pixel_values"],
+                                                      image_sizes=prep.inputs["image_sizes"], return_dict=True)
+        return self._output(prep, torch.cat(list(out.pooler_output), dim=0), cap["input"], cap["output"])
+
+    def encode_batch(self, preps: list[Prepared]) -> list[VisionOutput]:
+        return [self.encode(p) for p in preps]
 
     def layout(self, prep: Prepared):
         """Base image tokens, then the unpadded tile grid with one image_newline token per row."""
@@ -203,6 +224,12 @@ class VideoLlavaAdapter(LlavaAdapter):
     @staticmethod
     def _image_tower(model) -> torch.nn.Module:
         return model.model.image_tower
+
+    def encode_batch(self, preps: list[Prepared]) -> list[VisionOutput]:
+        """Images together (as LLaVA-1.5), each video alone."""
+        images = [i for i, p in enumerate(preps) if p.video is None]
+        out = dict(zip(images, super().encode_batch([preps[i] for i in images])))
+        return [out[i] if i in out else self.encode(p) for i, p in enumerate(preps)]
 
     def encode(self, prep: Prepared) -> VisionOutput:
         if prep.video is None:

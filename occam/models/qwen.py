@@ -62,29 +62,61 @@ class QwenAdapter(Adapter):
         return window_index
 
     def encode(self, prep: Prepared) -> VisionOutput:
-        video = prep.video is not None
-        thw = prep.inputs["video_grid_thw" if video else "image_grid_thw"]
-        with self.probe.capture() as cap:
-            if video:
-                out = self.model.model.get_video_features(prep.inputs["pixel_values_videos"], thw, return_dict=True)
-            else:
-                out = self.model.model.get_image_features(prep.inputs["pixel_values"], thw, return_dict=True)
-        embeds = torch.cat(list(out.pooler_output), dim=0)
-        deepstack = getattr(out, "deepstack_features", None)
+        return self.encode_batch([prep])[0]
+
+    def encode_batch(self, preps: list[Prepared]) -> list[VisionOutput]:
+        """All images in one tower call (their patches packed, one grid row each, as the tower takes them);
+        each video alone. The captured layer is cut back into each image's own patches: the blocks keep
+        every image's patches contiguous (the window order too) and attend within the image."""
+        images = [i for i, p in enumerate(preps) if p.video is None]
+        out: dict[int, VisionOutput] = {}
+        if images:
+            thw = torch.cat([preps[i].inputs["image_grid_thw"] for i in images])
+            with self.probe.capture() as cap:
+                res = self.model.model.get_image_features(
+                    torch.cat([preps[i].inputs["pixel_values"] for i in images]), thw, return_dict=True)
+            sizes = [int(n) for n in thw.prod(dim=-1).tolist()]         # patches per image
+            start = 0
+            for j, i in enumerate(images):
+                sl = slice(start, start + sizes[j])
+                start += sizes[j]
+                cos, sin = cap["kwargs"]["position_embeddings"]
+                captured = CapturedLayer(cap["input"][sl], cap["output"][sl], {"position_embeddings": (cos[sl], sin[sl])},
+                                         self.probe.module, thw=thw[j:j + 1])
+                out[i] = self._output(preps[i], res, j, captured)
+        for i, prep in enumerate(preps):
+            if i not in out:
+                thw = prep.inputs["video_grid_thw"]
+                with self.probe.capture() as cap:
+                    res = self.model.model.get_video_features(prep.inputs["pixel_values_videos"], thw, return_dict=True)
+                out[i] = self._output(prep, res, None, CapturedLayer(cap["input"], cap["output"], cap["kwargs"],
+                                                                  self.probe.module, thw=thw))
+        return [out[i] for i in range(len(preps))]
+
+    def _output(self, prep: Prepared, res, j: int | None, captured: CapturedLayer) -> VisionOutput:
+        """Image j's visual tokens from a tower call's result ``res`` (j None: all of it, one video), their
+        layout, and its captured layer."""
+        def part(f):   # a result per input (a tuple), or one tensor
+            if not isinstance(f, (list, tuple)):
+                return f
+            return f[j] if j is not None else torch.cat(list(f), dim=0)
+
+        embeds = part(res.pooler_output)
+        deepstack = getattr(res, "deepstack_features", None)
         if deepstack:
-            deepstack = [torch.cat(list(f), dim=0) if isinstance(f, (list, tuple)) else f for f in deepstack]
-        t, gh, gw = thw[0].tolist()                      # one host read, not three
+            deepstack = [part(f) for f in deepstack]
+        t, gh, gw = captured.thw[0].tolist()             # one host read, not three
         w, h = prep.image_size
         rows, cols = gh // self.merge, gw // self.merge
         boxes, grid = self.cached_layout((w, h, t, gh, gw), lambda: self._layout(w, h, t, rows, cols))
         frame = frame_times = None
-        if video:   # a temporal patch pairs frames; its time is the mean of theirs (as Qwen3-VL's prompt stamps)
+        if prep.video is not None:   # a temporal patch pairs frames; its time is the mean of theirs (as Qwen3-VL's prompt)
             ts, tp = list(prep.video.timestamps), self.visual.config.temporal_patch_size
             ts += [ts[-1]] * (t * tp - len(ts))                     # the processor repeats the last frame
             frame_times = [(ts[i * tp] + ts[i * tp + tp - 1]) / 2 for i in range(t)]
             frame = torch.arange(t).repeat_interleave(rows * cols)
         return VisionOutput(embeds=embeds, boxes=boxes, grid=grid, kinds=["patch"] * embeds.shape[0],
-                            layer=self.layer_index, deepstack=deepstack or None, captured=CapturedLayer(cap["input"], cap["output"], cap["kwargs"], self.probe.module, thw=thw),
+                            layer=self.layer_index, deepstack=deepstack or None, captured=captured,
                             frame=frame, frame_times=frame_times)
 
     def _layout(self, w: int, h: int, t: int, rows: int, cols: int) -> tuple[list, list]:
