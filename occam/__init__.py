@@ -19,15 +19,15 @@ __all__ = ["load", "OccamConfig", "METHODS", "VLM", "Result", "Trace", "StageTra
 
 
 def load(name_or_path: str | None = "toy", *, model=None, processor=None, dtype=None, device=None,
-         prefill: str = "auto", preprocess: str = "auto", kv_budget: int | None = None) -> VLM:
+         prefill: str = "auto", preprocess: str = "auto", decode: str = "auto", kv_budget: int | None = None) -> VLM:
     """Load a supported VLM (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL or the shipped toy model).
 
     ``name_or_path``: "toy" (offline default), a hub id, a local folder saved with save_pretrained,
     or a name of ``occam.archs`` (real shapes, random weights). Or pass ``model`` and ``processor``.
-    ``prefill`` / ``preprocess``: the GPU fast paths (see ``occam.VLM``); "auto" picks them on a GPU.
+    ``prefill`` / ``preprocess`` / ``decode``: the GPU fast paths (see ``occam.VLM``); "auto" picks them on a GPU.
     ``kv_budget``: bytes one batch's KV cache may take (``VLM.generate_batch`` splits what does not fit).
     """
-    paths = {"prefill": prefill, "preprocess": preprocess, "kv_budget": kv_budget}
+    paths = {"prefill": prefill, "preprocess": preprocess, "decode": decode, "kv_budget": kv_budget}
     if model is not None:
         if processor is None:
             raise TypeError("occam.load(model=...) also needs processor=...")

@@ -113,14 +113,16 @@ class Request:
 
 def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: list[OccamConfig],
               max_new_tokens: int, return_cache: bool = False, segments=None,
-              kv_budget: int | None = None) -> list[Result]:
+              kv_budget: int | None = None, decoder=None) -> list[Result]:
     """Answer every request of a validated batch; each result equals that request run alone.
 
     ``segments``: how runs of decoder layers execute in the prefill (``occam.models.graphs``): None for
     eager per-layer calls, or a padded / CUDA-graph runner. ``kv_budget``: bytes the KV cache of one
     group may take; requests are grouped so that none exceeds it (a request larger than it alone runs
-    alone).
+    alone). ``decoder``: how decode steps run (``occam.models.decoding``): None for eager steps.
     """
+    if return_cache:     # the cache is returned as the eager steps leave it
+        decoder = None
     now = Clock(ad.device).now            # waits for this thread's stream on a GPU
     start = now()
     reqs = [Request(image, question, cfg, Clock(ad.device)) for image, question, cfg in zip(images, questions, cfgs)]
@@ -131,7 +133,7 @@ def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: 
         t0 = now()
         cache = prefill(ad, batch, max_new_tokens, segments)
         t1 = now()
-        decode(ad, batch, cache, max_new_tokens)
+        decode(ad, batch, cache, max_new_tokens, decoder)
         t2 = now()
         for i, r in zip(group, batch):
             r.clock.add("prefill_s", t1 - t0)
@@ -139,7 +141,7 @@ def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: 
             r.clock.times["total_s"] = t2 - start
             row = group.index(i)
             kv = cache.row(row, _final_lengths(r), ad.lm.config) if return_cache else None
-            results[i] = finish(ad, r, segments, len(batch), kv)
+            results[i] = finish(ad, r, segments, len(batch), kv, decoder)
     return results
 
 
@@ -199,7 +201,7 @@ def _final_lengths(r: Request) -> list[int]:
     return [n + fed for n in r.lengths]
 
 
-def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache) -> Result:
+def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache, decoder=None) -> Result:
     """The request's trace and result, once its tokens are known."""
     trace, vis, keep = r.trace, r.vis, r.keep
     trace.kv_cache_bytes = sum(_final_lengths(r)) * kv_bytes_per_token(ad)
@@ -225,6 +227,7 @@ def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache) -> Resu
     trace.sequence = {"prompt": r.full_len, "after_stage1": stage1_len, "per_layer": r.lengths,
                       "stage2_layer": r.stage2.layer if r.stage2 is not None else None,
                       "prefill_path": getattr(segments, "name", "eager"),
+                      "decode_path": getattr(decoder, "name", "eager"),
                       "preprocess_path": "torchvision" if ad.device_processor is not None else "pil",
                       "batch_size": batch_size}
     text = ad.processor.tokenizer.decode(r.tokens, skip_special_tokens=True).strip()
@@ -365,10 +368,13 @@ def stage2(ad: Adapter, i: int, seq: Sequence, n: int, stats: VisionStats | None
 SYNC_EVERY = 8   # decode steps between reads of the stop flags (the only host syncs of the loop)
 
 
-def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens: int) -> None:
+def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens: int, decoder=None) -> None:
     """Greedy decoding of the whole batch on its cache; each request's new tokens continue from its largest
     prompt position + 1. Stop flags stay on the device and are read every ``SYNC_EVERY`` steps; rows of
-    finished requests are then dropped, so a finished request stops costing work."""
+    finished requests are then dropped, so a finished request stops costing work.
+
+    ``decoder``: None for eager steps on ``cache`` (the reference), or a static-shape / CUDA-graph step
+    runner (``occam.models.decoding``) that takes the cache's rows over."""
     if max_new_tokens == 0:
         return
     dev = ad.device
@@ -380,32 +386,48 @@ def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens:
     out = torch.zeros(len(batch), max_new_tokens, dtype=torch.long, device=dev)
     steps = torch.full((len(batch),), max_new_tokens, dtype=torch.long, device=dev)   # tokens each produced
     done = torch.zeros(len(batch), dtype=torch.bool, device=dev)
-    cache.start_decoding()
-    for step in range(max_new_tokens):
-        tok = logits.argmax(dim=-1)
-        rows = live.to(dev)
-        out[rows, step] = tok
-        stop = torch.isin(tok, eos) & ~done[rows]
-        steps[rows[stop]] = step + 1
-        done[rows] |= stop
-        if step == max_new_tokens - 1:
-            break
-        if (step + 1) % SYNC_EVERY == 0:
-            alive = ~done[rows].cpu()
-            if not alive.any():
+    state = None
+    if decoder is not None and max_new_tokens > 1:
+        state = decoder.acquire(cache, logits.argmax(dim=-1), pos)
+        cache.keys = cache.values = None                              # the state holds them now
+    else:
+        cache.start_decoding()
+    try:
+        for step in range(max_new_tokens):
+            tok = logits.argmax(dim=-1)
+            rows = live.to(dev)
+            out[rows, step] = tok
+            stop = torch.isin(tok, eos) & ~done[rows]
+            steps[rows[stop]] = step + 1
+            done[rows] |= stop
+            if step == max_new_tokens - 1:
                 break
-            if not alive.all():
-                live, pos = live[alive], pos[alive.to(dev)]
-                cache.keep(torch.nonzero(alive).flatten())
-                tok = tok[alive.to(dev)]
-        h = ad.embed(tok[:, None])
-        rope = ad.rope(h, pos[:, None, None].expand(-1, n_pos, 1))
-        cache.begin_step()
-        for i in range(ad.num_layers):
-            h = ad.layer(i, h, rope, cache, mask=cache.step_mask(i, h.dtype))
-        cache.end_step()
-        logits = ad.logits(h)
-        pos = pos + 1
+            if (step + 1) % SYNC_EVERY == 0:
+                alive = ~done[rows].cpu()
+                if not alive.any():
+                    break
+                if not alive.all():
+                    if state is None:
+                        cache.keep(torch.nonzero(alive).flatten())
+                        live, pos, tok = live[alive], pos[alive.to(dev)], tok[alive.to(dev)]
+                    else:
+                        state, moved = decoder.keep(state, alive, max_new_tokens - step - 1)
+                        if moved:
+                            live, tok = live[alive], tok[alive.to(dev)]
+            if state is not None:
+                logits = decoder.step(state, tok)
+                continue
+            h = ad.embed(tok[:, None])
+            rope = ad.rope(h, pos[:, None, None].expand(-1, n_pos, 1))
+            cache.begin_step()
+            for i in range(ad.num_layers):
+                h = ad.layer(i, h, rope, cache, mask=cache.step_mask(i, h.dtype))
+            cache.end_step()
+            logits = ad.logits(h)
+            pos = pos + 1
+    finally:
+        if state is not None:
+            decoder.release(state)
     out, steps = out.cpu(), steps.cpu()
     for b, r in enumerate(batch):
         r.tokens = out[b, :int(steps[b])].tolist()

@@ -11,6 +11,7 @@ from .config import OccamConfig
 from .engine import Result
 from .inputs import check_question, to_rgb
 from .models import adapter_for, video_families
+from .models.decoding import decoder_for
 from .models.graphs import segments_for
 from .video import as_video, is_video_input
 
@@ -21,13 +22,15 @@ class VLM:
     """A loaded model + processor. Settings travel with each call: nothing is stored on the model."""
 
     def __init__(self, model, processor, name: str = "custom", prefill: str = "auto", preprocess: str = "auto",
-                 kv_budget: int | None = None):
+                 kv_budget: int | None = None, decode: str = "auto"):
         """``prefill``: how decoder layers run in the prefill: "auto" (CUDA graphs at bucketed lengths on a
         GPU, eager per-layer calls elsewhere), "eager", "padded" (the graph path's padding, eagerly) or
         "cuda-graphs". ``preprocess``: "auto" (torchvision image processors on the GPU when torchvision is
         installed, Pillow otherwise), "pil" or "torchvision". ``kv_budget``: the bytes one batch's KV cache
         may take (a batch that would need more is split into groups that fit); None: half of the memory
-        free on the model's device at each call."""
+        free on the model's device at each call. ``decode``: how a batch's one-token steps run: "auto" (CUDA
+        graphs per batch-size bucket on a GPU, eager elsewhere), "eager", "static" (the graphs' static
+        shapes, eagerly) or "cuda-graphs"."""
         if kv_budget is not None and (isinstance(kv_budget, bool) or not isinstance(kv_budget, int) or kv_budget < 1):
             raise ValueError(f"kv_budget={kv_budget!r} is invalid: accepted None or a number of bytes >= 1.")
         self.kv_budget = kv_budget
@@ -37,6 +40,7 @@ class VLM:
         self.processor = processor
         self.adapter = adapter_for(model, processor, preprocess)
         self.segments = segments_for(self.adapter, prefill)
+        self.decoder = decoder_for(self.adapter, decode)
         self.recommended = None     # recommended thresholds (occam.recommended), set by occam.load
 
     @property
@@ -74,7 +78,7 @@ class VLM:
         with torch.inference_mode():
             budget = self.kv_budget if self.kv_budget is not None else memory.kv_budget(self.adapter.device)
             return engine.run_batch(self.adapter, self.name, images, questions, cfgs, max_new_tokens,
-                                    return_cache, self.segments, budget)
+                                    return_cache, self.segments, budget, self.decoder)
 
     def _check_batch(self, images, questions, configs, max_new_tokens, single: bool):
         """(images, questions, configs) as the engine takes them, or the first problem, naming its index."""

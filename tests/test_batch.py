@@ -83,6 +83,10 @@ def test_mixed_methods_and_sizes_in_one_batch(vlm):
     singles = [vlm.generate(im, q, c, max_new_tokens=5) for im, q, c in zip(images, questions, cfgs)]
     for b, s in zip(vlm.generate_batch(images, questions, cfgs, max_new_tokens=5), singles):
         assert_same(b, s)
+    static = occam.VLM(vlm.model, vlm.processor, prefill="padded", decode="static")   # the CUDA-graph shapes
+    for b, s in zip(static.generate_batch(images, questions, cfgs, max_new_tokens=5), singles):
+        assert b.trace.sequence["decode_path"] == "static"
+        assert_same(b, s)
     cut = [r.trace.sequence["per_layer"] for r in singles]
     assert len({tuple(c) for c in cut}) > 2     # the batch really was ragged, with different cuts
 
@@ -113,17 +117,35 @@ def test_early_stop_next_to_a_long_answer_and_return_cache(toy):
             torch.testing.assert_close(lb.keys, ls.keys, rtol=1e-4, atol=1e-5)
 
 
-def test_long_batch_stops_early_across_sync_points(toy):
-    """More than SYNC_EVERY steps: finished rows are dropped mid-way and the rest still decode correctly."""
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_long_batch_stops_early_across_sync_points(decode):
+    """More than SYNC_EVERY steps: finished rows are dropped mid-way (the static path moves the live rows to
+    a smaller batch bucket) and the rest still decode correctly."""
     from occam import engine
+    from occam.models import decoding
 
-    img = _image(6)
-    qs = ["What colour is the circle?", "describe the picture in detail please"] * 3
-    cfgs = [OccamConfig(method="none"), OccamConfig(alpha=0.5, beta=0.5)] * 3
+    model, processor = archs.build("tiny-llava")
+    vlm = occam.VLM(model, processor, decode=decode)
+    eos = next(iter(vlm.adapter.eos_token_ids))
     n = engine.SYNC_EVERY * 3
-    singles = [toy.generate(img, q, c, max_new_tokens=n) for q, c in zip(qs, cfgs)]
-    for b, s in zip(toy.generate_batch([img] * len(qs), qs, cfgs, max_new_tokens=n), singles):
+    free = [vlm.generate(im, q, BY_METHOD["none"], max_new_tokens=n) for im, q in zip(IMAGES, QUESTIONS)]
+    # make the tiny random model stop early for some requests: its 2nd / 10th token becomes EOS
+    stoppers = {free[0].token_ids[1], free[2].token_ids[9]} - {eos}
+    model.generation_config.eos_token_id = sorted(stoppers | {eos})     # this test's own model
+    singles = [vlm.generate(im, q, BY_METHOD["none"], max_new_tokens=n) for im, q in zip(IMAGES * 2, QUESTIONS * 2)]
+    assert min(len(s.token_ids) for s in singles) < engine.SYNC_EVERY < max(len(s.token_ids) for s in singles)
+    moves = []
+    if decode == "static":
+        def keep(*args):
+            state, moved = decoding.StaticDecode.keep(vlm.decoder, *args)
+            moves.append(moved)
+            return state, moved
+        vlm.decoder.keep = keep
+    batched = vlm.generate_batch(IMAGES * 2, QUESTIONS * 2, BY_METHOD["none"], max_new_tokens=n)
+    for b, s in zip(batched, singles):
         assert_same(b, s)
+    if decode == "static":
+        assert any(moves)
 
 
 def test_kv_budget_splits_the_batch_and_results_stay_equal():
@@ -198,3 +220,21 @@ def test_max_new_tokens_zero_in_a_batch(toy):
     res = toy.generate_batch(IMAGES[:2], QUESTIONS[:2], [BY_METHOD["occam"], BY_METHOD["none"]], max_new_tokens=0)
     assert [r.token_ids for r in res] == [[], []]
     assert all(r.logits.shape == res[0].logits.shape for r in res)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_cuda_graph_decode_equals_static_on_gpu(name):
+    """The captured step replays exactly what the static step computes (same shapes, same kernels)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    with torch.device("cuda"):
+        model, processor = archs.build(name)
+    static = occam.VLM(model, processor, decode="static", prefill="eager")
+    graphed = occam.VLM(model, processor, decode="cuda-graphs", prefill="eager")
+    cfgs = list(BY_METHOD.values())[:4]
+    want = static.generate_batch(IMAGES, QUESTIONS, cfgs, max_new_tokens=12)
+    for _ in range(2):                     # the first call captures, the second replays
+        got = graphed.generate_batch(IMAGES, QUESTIONS, cfgs, max_new_tokens=12)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+        assert all(r.trace.sequence["decode_path"] == "cuda-graphs" for r in got)

@@ -9,13 +9,14 @@ captures each (segment, bucket) once as a CUDA graph and replays it. Eager per-l
 (``Adapter.layer``) stay the reference and the CPU path.
 
 Reads from the model: the adapter's decoder-layer call. Modifies: nothing; the graphs and their
-static buffers live in this object (one per loaded model), and replays are serialised by a lock so
-concurrent requests stay correct.
+static buffers live in this object (one per loaded model, at most ``max_graphs`` of them, least recently
+used dropped first), and replays are serialised by a lock so concurrent requests stay correct.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -79,9 +80,10 @@ class GraphSegments(PaddedSegments):
 
     name = "cuda-graphs"
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, max_graphs: int = 48):
         super().__init__(adapter)
-        self.graphs: dict[tuple, dict | None] = {}
+        self.graphs: OrderedDict[tuple, dict | None] = OrderedDict()   # least recently used first
+        self.max_graphs = max_graphs
         self.lock = threading.Lock()
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -92,7 +94,10 @@ class GraphSegments(PaddedSegments):
     def _run(self, start, stop, h, rope):
         key = (start, stop, h.shape[0], h.shape[1], h.dtype)
         if key not in self.graphs:
+            while len(self.graphs) >= self.max_graphs:   # bounded: the oldest graph and its buffers go
+                self.graphs.popitem(last=False)
             self.graphs[key] = self._capture(start, stop, h, rope)
+        self.graphs.move_to_end(key)
         g = self.graphs[key]
         if g is None:                                   # capture failed once: eager for this shape
             return super()._run(start, stop, h, rope)
