@@ -8,6 +8,7 @@ COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning 
             "accuracy": "answers of the pruned models against the full model / references",
             "premise": "does a model meet the method's premise (registers, norms, sinks) on given images",
             "thresholds": "recommended alpha / beta per target retention, written beside the model",
+            "throughput": "requests/s of the batched engine at several batch sizes, full vs pruned, and references",
             "table": "lmms-eval results of --model occam runs -> method x benchmark table"}
 USAGE = f"usage: python -m occam.bench {{{','.join(COMMANDS)}}} [options]   (--help after the command for its options)\n" + \
     "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())
