@@ -22,18 +22,19 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 # -- models ----------------------------------------------------------------------------------------
-def load_vlm(model: str, text_layers: int | None = None, dtype: str = "float32", device: str = "cpu") -> occam.VLM:
+def load_vlm(model: str, text_layers: int | None = None, dtype: str = "float32", device: str = "cpu",
+             prefill: str = "auto") -> occam.VLM:
     """A hub id / local folder / "toy" / architecture name (random weights) as an occam.VLM.
 
     ``text_layers`` keeps only the first N decoder layers (architectures: built that way; other
-    models: the decoder's layer list is cut after loading).
+    models: the decoder's layer list is cut after loading). ``prefill``: as in ``occam.VLM``.
     """
     dt = getattr(torch, dtype)
     if model in archs.ARCH_NAMES:
-        vlm = occam.VLM(*archs.build(model, text_layers=text_layers, dtype=dt, device=device))
+        vlm = occam.VLM(*archs.build(model, text_layers=text_layers, dtype=dt, device=device), prefill=prefill)
         vlm.name = f"{model} ({vlm.num_layers} text layers, random weights)"
         return vlm
-    vlm = occam.load(model, dtype=dt, device=device)
+    vlm = occam.load(model, dtype=dt, device=device, prefill=prefill)
     if text_layers is not None:
         truncate_text_layers(vlm, text_layers)
     return vlm
