@@ -53,6 +53,15 @@ def truncate_text_layers(vlm: occam.VLM, n: int) -> None:
 
 
 # -- inputs ----------------------------------------------------------------------------------------
+def random_hidden(vlm: occam.VLM, length: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Random (1, length, D) hidden states in the model's dtype and their rotary (cos, sin) at positions 0..length-1."""
+    ad = vlm.adapter
+    hidden = vlm.model.config.get_text_config().hidden_size
+    h = torch.randn(1, length, hidden, device=ad.device, dtype=next(vlm.model.parameters()).dtype)
+    pos = torch.arange(length, device=ad.device)[None].expand(3 if ad.mrope else 1, -1)   # (P, L), P = 3 for M-RoPE
+    return h, ad.rope(h, pos)
+
+
 def bench_image(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
     """A deterministic photo-like picture: sky and ground gradients, a few blurred objects, sensor noise."""
     rng = np.random.default_rng(seed)

@@ -23,7 +23,7 @@ import torch
 
 import occam
 
-from .common import DTYPES, bench_image, load_vlm
+from .common import DTYPES, bench_image, load_vlm, random_hidden
 from .speed import QUESTION, _sync_time
 
 CONFIGS = {"none": occam.OccamConfig(method="none"),
@@ -74,8 +74,6 @@ def layer_times(vlm: occam.VLM, lengths: list[int], reps: int) -> list[dict]:
     """All decoder layers at each length (random hidden states), timed: [{"length", "median_ms", "min_ms", "path"}]."""
     ad = vlm.adapter
     n = ad.num_layers
-    hidden = vlm.model.config.get_text_config().hidden_size
-    dtype = next(vlm.model.parameters()).dtype
     path = getattr(vlm.segments, "name", "eager")
 
     def call(h, rope):
@@ -89,9 +87,7 @@ def layer_times(vlm: occam.VLM, lengths: list[int], reps: int) -> list[dict]:
     out = []
     with torch.inference_mode():
         for length in lengths:
-            h = torch.randn(1, length, hidden, device=ad.device, dtype=dtype)
-            pos = torch.arange(length, device=ad.device)[None].expand(3 if ad.mrope else 1, -1)
-            rope = ad.rope(h, pos)
+            h, rope = random_hidden(vlm, length)
             call(h, rope)                    # the first call at a length captures its graph
             times = []
             for _ in range(reps):

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .common import DTYPES, load_vlm
+from .common import DTYPES, load_vlm, random_hidden
 from .speed import _sync_time
 
 
@@ -77,13 +77,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return h
 
     compiled = None if args.no_compile else torch.compile(run_layers, dynamic=False)
-    hidden = vlm.model.config.get_text_config().hidden_size
-    dtype = next(vlm.model.parameters()).dtype
     rows = []
     for length in args.lengths:
-        h = torch.randn(1, length, hidden, device=ad.device, dtype=dtype)
-        pos = torch.arange(length, device=ad.device)[None].expand(3 if ad.mrope else 1, -1)
-        cos, sin = ad.rope(h, pos)
+        h, (cos, sin) = random_hidden(vlm, length)
         with torch.inference_mode():
             ref = run_layers(h, cos, sin)
             row = {"length": length, "eager_ms_per_layer": timed_ms(graphed(run_layers, ad.device, h, cos, sin),
