@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 
-from app import backend
+from app import backend, spec
 from app.ui import build_demo
 
 
@@ -38,7 +38,8 @@ def main() -> None:
     # a stop by SIGTERM (process managers, containers) exits like Ctrl+C, so the atexit clean-ups run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_demo()
-    demo.launch(max_file_size="64mb")  # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; the method spec is the one file served as is
+    demo.launch(max_file_size="64mb", allowed_paths=[str(spec.METHOD_DOC)])
 
 
 if __name__ == "__main__":

@@ -406,7 +406,7 @@ def resolve_budget(s: Settings, vlm: Any, img: Any = None, question: str | None 
     """The pruned run's OccamConfig for a target retention, and where its thresholds come from.
 
     occam: ``mode`` (default ``s.thresholds``) picks the model's recommended alpha / beta (fallback when
-    the model has none: alpha = beta = 1, METHOD.md section 8), a calibration on this input, or the
+    the model has none: alpha = beta = 1, docs/method.md section 8), a calibration on this input, or the
     typed alpha / beta. Fixed-budget methods: ``retention`` = the target. ``none``: as is.
     """
     t = s.target_retention if target is None else target

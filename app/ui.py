@@ -26,7 +26,7 @@ import gradio as gr
 
 import occam
 
-from . import backend, render
+from . import backend, render, spec
 
 log = logging.getLogger("occam.app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +242,8 @@ def model_status(cache: backend.ModelCache | None = None) -> str:
     if vlm is not None:
         rec = getattr(vlm, "recommended", None)
         if rec is None:
-            out += "  \n⚠ No recommended thresholds for this model: occam uses α = β = 1 (METHOD.md §8)."
+            out += "  \n⚠ No recommended thresholds for this model: occam uses α = β = 1 " \
+                   f"({spec.method_link(8)})."
         else:
             targets = ", ".join(f"{100 * e.target:g}%" for e in rec.targets)
             out += (f"  \nRecommended thresholds for {targets} retention, calibrated on "

@@ -1,4 +1,4 @@
-"""Calibration: the alpha / beta that give a target AVERAGE retention (METHOD.md section 4)."""
+"""Calibration: the alpha / beta that give a target AVERAGE retention (docs/method.md section 4)."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ from .trace import Trace
 
 def calibrate(vlm, samples: Iterable[tuple[Any, str]], target: float, config: OccamConfig | None = None,
               tol: float = 0.005, iters: int = 24) -> OccamConfig:
-    """alpha / beta giving a target AVERAGE retention over ``samples`` (METHOD.md section 4).
+    """alpha / beta giving a target AVERAGE retention over ``samples`` (docs/method.md section 4).
 
     Bisection on log(alpha) with Stage II off (target t ** stage_split when both stages are on, t otherwise),
     then on log(beta) with that alpha. A stage's scores do not depend on its own threshold, so each

@@ -1,4 +1,4 @@
-"""Relative evidence, thresholds and keep masks (METHOD.md sections 2-5). Pure tensor functions.
+"""Relative evidence, thresholds and keep masks (docs/method.md sections 2-5). Pure tensor functions.
 
 Conventions: a stage scores the tokens of one list (length n). ``candidates`` and ``registers`` are
 bool masks of length n; the returned keep mask is a bool tensor of length n.

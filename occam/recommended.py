@@ -9,7 +9,7 @@ A model folder may hold ``occam_thresholds.json`` (written by ``python -m occam.
      "created": "2026-11-26T01:30:00Z", "command": "python -m occam.bench thresholds ..."}
 
 ``occam.load`` attaches it as ``vlm.recommended`` (``None`` when the model has no such file; then the
-documented fallback is alpha = beta = 1, METHOD.md section 8). ``Recommended.config(target)`` turns a
+documented fallback is alpha = beta = 1, docs/method.md section 8). ``Recommended.config(target)`` turns a
 target retention into an ``OccamConfig``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Register detection: tensors in, indices out (METHOD.md section 1). No transformers imports.
+"""Register detection: tensors in, indices out (docs/method.md section 1). No transformers imports.
 
 Three sources, tried in this order by the adapters:
 1. explicit   - the vision tower has register tokens by construction (e.g. DINOv2-with-registers);

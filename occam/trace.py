@@ -1,4 +1,4 @@
-"""The trace of one run (METHOD.md section 6): what the app draws and the benchmarks read.
+"""The trace of one run (docs/method.md section 6): what the app draws and the benchmarks read.
 
 Every per-token list is indexed by visual token (0..N-1, in the order the language model sees
 them) and is JSON-serialisable (floats, ints, bools, None).

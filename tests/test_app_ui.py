@@ -288,7 +288,7 @@ def test_examples_block_appears_when_examples_exist(tmp_path, monkeypatch):
 
 
 def test_no_content_flag_is_shown(img_path):
-    """A stage that leaves only registers: the trace flags it and the page warns (METHOD.md section 8)."""
+    """A stage that leaves only registers: the trace flags it and the page warns (docs/method.md section 8)."""
     out = ui.on_run(img_path, "What?", "", *knobs(thresholds="manual", alpha=1000.0), progress=no_progress)
     flags = json.load(open(out[TRACE_FILE]))["pruned"]["trace"]["flags"]
     assert flags.get("no_content") == "stage1"

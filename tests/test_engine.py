@@ -1,4 +1,4 @@
-"""The engine's paths and the method decisions of METHOD.md section 8, on tiny models and the toy model."""
+"""The engine's paths and the method decisions of docs/method.md section 8, on tiny models and the toy model."""
 from __future__ import annotations
 
 import importlib.util
@@ -120,7 +120,7 @@ def test_cuda_graph_prefill_serves_concurrent_requests_on_gpu():
         torch.testing.assert_close(res.logits, ref.logits)
 
 
-# -- METHOD.md section 8 --------------------------------------------------------------------------
+# -- docs/method.md section 8 --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy():
     return occam.load("toy")

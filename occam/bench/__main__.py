@@ -1,4 +1,4 @@
-"""``python -m occam.bench speed|accuracy|premise|thresholds|table [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m occam.bench speed|accuracy|premise|thresholds|table|gpu|diagnose|fusion|summary [options]``: dispatch to a benchmark's ``main(argv)``."""
 from __future__ import annotations
 
 import importlib
@@ -9,9 +9,13 @@ COMMANDS = {"speed": "wall-clock, memory and FLOPs of the full model vs pruning 
             "premise": "does a model meet the method's premise (registers, norms, sinks) on given images",
             "thresholds": "recommended alpha / beta per target retention, written beside the model",
             "throughput": "requests/s of the batched engine at several batch sizes, full vs pruned, and references",
-            "table": "lmms-eval results of --model occam runs -> method x benchmark table"}
+            "table": "lmms-eval results of --model occam runs -> method x benchmark table",
+            "gpu": "the whole GPU run: gpu-marked tests, speed on the real architectures, profile, summary",
+            "diagnose": "where a request's time goes: profiler kernel tables, the prefill's layers alone",
+            "fusion": "decoder layers in CUDA graphs: eager kernels vs torch.compile (inductor) kernels",
+            "summary": "speed_*.json reports -> one compact table per report"}
 USAGE = f"usage: python -m occam.bench {{{','.join(COMMANDS)}}} [options]   (--help after the command for its options)\n" + \
-    "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())
+    "\n".join(f"  {name:<10} {what}" for name, what in COMMANDS.items())
 
 
 def main(argv: list[str] | None = None) -> int:

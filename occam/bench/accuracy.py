@@ -37,7 +37,7 @@ ADAPTIVE = {
     "occam-stage2-only": {"stage1": False},
     "occam-mean-ref": {"reference": "mean"},
 }
-KNOBS = {  # METHOD.md section 8: variants measured against the default, not in the default run
+KNOBS = {  # docs/method.md section 8: variants measured against the default, not in the default run
     "occam-split0.25": {"stage_split": 0.25},
     "occam-split0.75": {"stage_split": 0.75},
     "occam-keepreg-all": {"keep_registers": "all"},

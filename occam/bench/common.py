@@ -22,18 +22,19 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 # -- models ----------------------------------------------------------------------------------------
-def load_vlm(model: str, text_layers: int | None = None, dtype: str = "float32", device: str = "cpu") -> occam.VLM:
+def load_vlm(model: str, text_layers: int | None = None, dtype: str = "float32", device: str = "cpu",
+             prefill: str = "auto") -> occam.VLM:
     """A hub id / local folder / "toy" / architecture name (random weights) as an occam.VLM.
 
     ``text_layers`` keeps only the first N decoder layers (architectures: built that way; other
-    models: the decoder's layer list is cut after loading).
+    models: the decoder's layer list is cut after loading). ``prefill``: as in ``occam.VLM``.
     """
     dt = getattr(torch, dtype)
     if model in archs.ARCH_NAMES:
-        vlm = occam.VLM(*archs.build(model, text_layers=text_layers, dtype=dt, device=device))
+        vlm = occam.VLM(*archs.build(model, text_layers=text_layers, dtype=dt, device=device), prefill=prefill)
         vlm.name = f"{model} ({vlm.num_layers} text layers, random weights)"
         return vlm
-    vlm = occam.load(model, dtype=dt, device=device)
+    vlm = occam.load(model, dtype=dt, device=device, prefill=prefill)
     if text_layers is not None:
         truncate_text_layers(vlm, text_layers)
     return vlm
@@ -52,6 +53,15 @@ def truncate_text_layers(vlm: occam.VLM, n: int) -> None:
 
 
 # -- inputs ----------------------------------------------------------------------------------------
+def random_hidden(vlm: occam.VLM, length: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Random (1, length, D) hidden states in the model's dtype and their rotary (cos, sin) at positions 0..length-1."""
+    ad = vlm.adapter
+    hidden = vlm.model.config.get_text_config().hidden_size
+    h = torch.randn(1, length, hidden, device=ad.device, dtype=next(vlm.model.parameters()).dtype)
+    pos = torch.arange(length, device=ad.device)[None].expand(3 if ad.mrope else 1, -1)   # (P, L), P = 3 for M-RoPE
+    return h, ad.rope(h, pos)
+
+
 def bench_image(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
     """A deterministic photo-like picture: sky and ground gradients, a few blurred objects, sensor noise."""
     rng = np.random.default_rng(seed)
