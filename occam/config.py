@@ -21,7 +21,7 @@ def _fail(name: str, value, accepted: str) -> None:
 
 @dataclass(frozen=True)
 class OccamConfig:
-    """Settings of one run. ``method`` picks OccamToken or a baseline; see ../shared/METHOD.md.
+    """Settings of one run. ``method`` picks OccamToken or a baseline; see docs/method.md.
 
     occam:     Stage I keeps token j iff s_j = e_j / rho >= alpha; Stage II iff a_j / rho_q >= beta.
     topk:      the same scores with a fixed budget ``retention`` (the paper's fixed-budget ablation).

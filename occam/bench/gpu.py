@@ -9,7 +9,9 @@ reported and the run goes on:
    one new token), Qwen2.5-VL at 1280x960 and on a 16-frame clip -> ``speed_*.md`` / ``.json``
 4. ``diagnose``: profiler kernel tables and the prefill's layers alone (LLaVA-1.5-7B shapes)
 5. ``fusion``: eager vs ``torch.compile`` kernels of decoder layers in CUDA graphs
-6. ``summary``: one compact table per speed report -> ``summary.txt``
+6. ``throughput_*``: the batched engine at batch 1 / 4 / 16 / 64, 64 new tokens, full vs occam / topk / fastv
+   at 11% (LLaVA-1.5-7B, LLaVA-NeXT-7B, Qwen2.5-VL-7B) -> ``throughput_*.md`` / ``.json``
+7. ``summary``: one compact table per speed report -> ``summary.txt``
 
 ``bench_results/h200/`` holds the data and logs of such a run on an NVIDIA H200. ``--device cpu`` runs the
 same plan on the tiny architectures (float32, fewer rounds): a check of the plumbing, not a measurement.
@@ -80,6 +82,13 @@ def plan(out: Path, device: str = "cuda", reps: int | None = None, warmup: int |
         Step("fusion", 600, ["-m", "occam.bench", "fusion", "--model", names["llava15"], "--device", device,
                              "--dtype", dtype] + ([] if gpu else ["--reps", "2", "--lengths", "64", "--no-compile"]),
              "fusion.log"),
+        *[Step(f"throughput_{key}", 900, ["-m", "occam.bench", "throughput", "--model", names[key], "--device",
+                                          device, "--dtype", dtype, "--methods", "none", "occam", "topk", "fastv",
+                                          "--retentions", "0.11", "--batch-sizes", *(["1", "4", "16", "64"] if gpu
+                                                                                     else ["1", "4"]),
+                                          "--new-tokens", "64" if gpu else "8", "--rounds", "2" if gpu else "1",
+                                          "--out", str(out / f"throughput_{key}")], f"throughput_{key}.log")
+          for key in ("llava15", "next", "qwen25")],
         Step("summary", 60, ["-m", "occam.bench", "summary", str(out)], "summary.txt"),
     ]
     return steps
