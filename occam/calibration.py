@@ -22,8 +22,8 @@ def calibrate(vlm, samples: Iterable[tuple[Any, str]], target: float, config: Oc
     bisection fall back to full runs (``iters`` steps). Returns ``config`` with the found alpha and beta.
     """
     cfg = OccamConfig(method="occam") if config is None else config
-    if cfg.method != "occam":
-        raise ValueError(f"calibrate() tunes method='occam', got method={cfg.method!r}.")
+    if not cfg.spec.thresholded:
+        raise ValueError(f"calibrate() tunes the thresholds of method='occam', got method={cfg.method!r}.")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target={target!r} is invalid: accepted a retention in (0, 1].")
     samples = list(samples)
@@ -31,7 +31,8 @@ def calibrate(vlm, samples: Iterable[tuple[Any, str]], target: float, config: Oc
         raise ValueError("calibrate() needs at least one (image, question) sample.")
 
     def traces(c: OccamConfig) -> list[Trace]:
-        return [vlm.generate(img, q, c, max_new_tokens=0).trace for img, q in samples]
+        images, questions = [img for img, _ in samples], [q for _, q in samples]
+        return [r.trace for r in vlm.generate_batch(images, questions, c, max_new_tokens=0)]
 
     def mean_retention(ts: list[Trace]) -> float:
         return sum(t.counts["retention"] for t in ts) / len(ts)

@@ -93,8 +93,10 @@ class Trace:
                 counts[f] += bool(k)
             return counts
 
-        vision_side = next((s for s in self.stages if s.name in ("stage1", "visionzip", "random")), None)
-        language_side = next((s for s in self.stages if s.name in ("stage2", "fastv")), None)
+        from .methods import language_stages, vision_stages   # here: the methods import this module
+
+        vision_side = next((s for s in self.stages if s.name in vision_stages()), None)
+        language_side = next((s for s in self.stages if s.name in language_stages()), None)
         visual = per_frame([True] * len(self.frames))
         after1 = per_frame(vision_side.kept) if vision_side is not None else visual
         self.counts["per_frame"] = {"visual": visual, "after_stage1": after1,

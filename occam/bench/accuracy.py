@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import occam
+from occam import budget
+from occam.methods import FIXED_BUDGET_METHODS
 from occam.toy import world
 
 from . import stats
@@ -43,8 +45,7 @@ KNOBS = {  # docs/method.md section 8: variants measured against the default, no
     "occam-keepreg-all": {"keep_registers": "all"},
     "occam-keepreg-none": {"keep_registers": "none"},
 }
-FIXED = ("topk", "fastv", "visionzip", "random")
-DEFAULT_METHODS = tuple(ADAPTIVE) + FIXED
+DEFAULT_METHODS = tuple(ADAPTIVE) + FIXED_BUDGET_METHODS
 ALL_METHODS = DEFAULT_METHODS + tuple(KNOBS)
 
 
@@ -81,10 +82,10 @@ def calibration_samples(n: int, seed: int) -> tuple[list, str]:
 
 
 def config_for(vlm, method: str, retention: float, calib: list) -> occam.OccamConfig:
-    if method in FIXED:
-        return occam.OccamConfig(method=method, retention=retention)
-    base = occam.OccamConfig(method="occam", **{**ADAPTIVE, **KNOBS}[method])
-    return vlm.calibrate(calib, retention, base, tol=0.01)
+    """``method`` (a method, or a knob variant of occam) at ``retention``: calibrated where it is thresholded."""
+    variant = {**ADAPTIVE, **KNOBS}.get(method)
+    base = occam.OccamConfig(method=method) if variant is None else occam.OccamConfig(method="occam", **variant)
+    return budget.for_target(vlm, base, retention, "calibrated", calib, tol=0.01).config
 
 
 def evaluate(vlm, samples, cfg: occam.OccamConfig) -> list[dict]:
@@ -302,7 +303,7 @@ def _panel(d: ImageDraw.ImageDraw, rep: dict, box: tuple, xkey: str, xlabel: str
         pts = sorted((r[xkey], r["accuracy"], *r["ci95"]) for r in rep["results"] if r["method"] == m)
         xy = [(X(x), Y(y)) for x, y, _, _ in pts]
         if len(xy) > 1:
-            d.line(xy, fill=color, width=3 if m == "occam" else 2)
+            d.line(xy, fill=color, width=3 if m in ADAPTIVE else 2)
         for (x, y), (_, _, lo, hi) in zip(xy, pts):
             d.line([x, Y(lo), x, Y(hi)], fill=color, width=1)
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)

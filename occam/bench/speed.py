@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 import occam
-from occam import archs, cost
+from occam import archs, budget, cost
+from occam.methods import PRUNING_METHODS
+from occam.methods import get as get_method
 from occam.inputs import open_image
 
 from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, md_table, median, ratios,
@@ -97,11 +99,8 @@ def make_variants(vlm: occam.VLM, image, question: str, methods, retentions, fas
     out = [Variant("none", "none", None, base)]
     n = vlm.generate(image, question, base, max_new_tokens=0).trace.num_visual
     for t in retentions:
-        for m in methods:
-            if m == "none":
-                continue
-            cfg = vlm.calibrate([(image, question)], t, base.replace(method="occam"), tol=0.5 / n) \
-                if m == "occam" else base.replace(method=m, retention=t)
+        for m in (m for m in methods if m in PRUNING_METHODS):
+            cfg = budget.for_target(vlm, base.replace(method=m), t, "calibrated", [(image, question)], tol=0.5 / n).config
             out.append(Variant(f"{m}@{t:g}", m, t, cfg))
     return out
 
@@ -298,7 +297,8 @@ def speedup_table(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     r = report
-    k = next((v["sequence"]["stage2_layer"] for v in r["variants"] if v["method"] in ("occam", "topk")), None)
+    k = next((v["sequence"]["stage2_layer"] for v in r["variants"]
+              if get_method(v["method"]).layer_field == "stage2_layer"), None)
     setup = (f"- model: `{r['model']}` ({r['family']}, {r['num_text_layers']} decoder layers), {r['device']}, "
              f"{r['dtype']}, torch {r['torch']}, {r['threads']} threads\n"
              f"- input: {r['image_size'][0]}x{r['image_size'][1]} "

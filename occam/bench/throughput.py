@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 import occam
-from occam import engine
+from occam import budget, engine
+from occam.methods import PRUNING_METHODS
 
 from .common import DTYPES, PeakMemory, bench_image, fmt, load_vlm, md_table, summarize, write_report
 
@@ -75,13 +76,8 @@ def variants(vlm: occam.VLM, methods, retentions, calib) -> list[tuple[str, occa
     """(label, config) per method and target retention; occam's alpha / beta calibrated to each target."""
     out = [("none", occam.OccamConfig(method="none"))]
     for t in retentions:
-        for m in methods:
-            if m == "none":
-                continue
-            if m == "occam":
-                cfg = vlm.calibrate(calib, t, tol=0.01, iters=16)
-            else:
-                cfg = occam.OccamConfig(method=m, retention=t)
+        for m in (m for m in methods if m in PRUNING_METHODS):
+            cfg = budget.for_target(vlm, occam.OccamConfig(method=m), t, "calibrated", calib, tol=0.01, iters=16).config
             out.append((f"{m}@{t:g}", cfg))
     return out
 
