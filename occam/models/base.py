@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from ..evidence import attention_colmeans
 from ..registers import outlier_mask
-from ..types import CapturedLayer, Prepared, TokenStats, VisionOutput, VisionStats
+from ..types import Prepared, TokenStats, VisionOutput, VisionStats  # noqa: F401 (re-exported)
 from ..video import Video
 
 _CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("occam_capture", default=None)
