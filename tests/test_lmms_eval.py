@@ -307,3 +307,11 @@ def test_batches_group_by_generation_kwargs_and_a_bad_request_fails_alone(tmp_pa
     for bad in ("auto", "0", -2, 1.5, True):
         with pytest.raises(ValueError, match=f"batch_size={bad!r} is invalid.*positive integer"):
             OccamLMM(pretrained="toy", batch_size=bad, trace_dir=str(tmp_path))
+
+
+def test_a_world_without_a_process_group(tmp_path, monkeypatch):
+    from occam.lmms.model import OccamLMM
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2 but torch.distributed is not initialized.*accelerate launch"):
+        OccamLMM(pretrained="toy", trace_dir=str(tmp_path))
