@@ -27,11 +27,11 @@ from loguru import logger
 from tqdm import tqdm
 
 import occam
+from occam import budget
 
 from . import metric_key
 from .args import split_args
 
-FIXED_BUDGET = ("topk", "fastv", "visionzip", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 SUMMARISED = ("retention", "final", "flops_ratio", "prefill_flops")  # per-task means in the results' throughput
 PADDING = "__padding_only__"  # lmms-eval's mark on requests that only even out the ranks' shares
@@ -144,22 +144,23 @@ class OccamLMM(lmms):
         if target is None:
             return cfg, None
         target = float(target)
-        if cfg.method == "none":
-            raise ValueError("method=none keeps every token: drop target_retention.")
-        if cfg.method in FIXED_BUDGET:
+        spec = cfg.spec
+        if not (spec.fixed_budget or spec.thresholded):
+            raise ValueError(f"method={cfg.method} keeps every token: drop target_retention.")
+        if spec.fixed_budget:
             if "retention" in knobs or calib_task:
                 raise ValueError(f"method={cfg.method} has a fixed budget: give target_retention (or retention) "
                                  f"alone, without retention or calib_task.")
-            return cfg.replace(retention=target), None
+            return budget.for_target(self.vlm, cfg, target).config, None
         if not calib_task:
             raise ValueError("method=occam with target_retention needs calib_task=<lmms-eval task> (and optionally "
                              "calib_split, calib_n) to calibrate alpha / beta at start-up; or give alpha / beta.")
         samples, split = calibration_samples(calib_task, calib_split, calib_n, calib_seed, include_path)
         logger.info(f"occam: calibrating to average retention {target} on {len(samples)} samples of "
                     f"{calib_task}/{split}")
-        cfg = self.vlm.calibrate(samples, target, cfg)
-        achieved = sum(self.vlm.generate(img, q, cfg, max_new_tokens=0).trace.counts["retention"]
-                       for img, q in samples) / len(samples)
+        cfg = budget.for_target(self.vlm, cfg, target, "calibrated", samples).config
+        runs = self.vlm.generate_batch([img for img, _ in samples], [q for _, q in samples], cfg, max_new_tokens=0)
+        achieved = sum(r.trace.counts["retention"] for r in runs) / len(samples)
         return cfg, {"task": calib_task, "split": split, "n": len(samples), "seed": calib_seed, "target": target,
                      "achieved": achieved, "alpha": cfg.alpha, "beta": cfg.beta}
 
