@@ -204,7 +204,7 @@ def _final_lengths(r: Request) -> list[int]:
 def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache, decoder=None) -> Result:
     """The request's trace and result, once its tokens are known."""
     trace, vis, keep = r.trace, r.vis, r.keep
-    trace.kv_cache_bytes = sum(_final_lengths(r)) * kv_bytes_per_token(ad)
+    trace.kv_cache_bytes = sum(r.lengths) * kv_bytes_per_token(ad)      # the prefill's cache, as in the speed bench
     trace.stages = [s for s in (r.stage1, r.stage2) if s is not None]
     if r.stage2 is not None:
         r.stage2.query_attention = _floats(r.stage2.query_attention, digits=4)

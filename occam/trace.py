@@ -72,7 +72,7 @@ class Trace:
     # prefill_s, not an extra bucket); decode_s; total_s; and decode_tokens_per_s
     timings: dict = field(default_factory=dict)
     flops: dict = field(default_factory=dict)
-    kv_cache_bytes: int = 0
+    kv_cache_bytes: int = 0                          # K+V bytes of the cache after the prefill
     sequence: dict = field(default_factory=dict)     # prefill lengths: before/after pruning, per layer
     flags: dict = field(default_factory=dict)        # {"no_content": stage} when a stage kept no content token
     # video only (None for an image): boxes are in each frame's original pixels, ``image_size`` is the frame size
