@@ -25,14 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import occam
+from occam import budget
+from occam import methods as registry
 from occam import recommended as recommended_mod
+from occam.config import coerce_value, field_types
 from occam.inputs import check_question, open_image
 
 log = logging.getLogger("occam.app")
 
 Progress = Callable[[float, str], None]
-FIXED_BUDGET_METHODS = ("topk", "fastv", "visionzip", "random")
-COMPARED_METHODS = ("occam", "topk", "fastv", "visionzip", "random")
+FIXED_BUDGET_METHODS = registry.FIXED_BUDGET_METHODS
+COMPARED_METHODS = registry.PRUNING_METHODS         # the method comparison: every method that prunes
+FULL = occam.OccamConfig(method=registry.FULL)      # the unmodified model every pruned run is compared with
 THRESHOLD_MODES = ("recommended", "this input", "manual")
 THRESHOLD_MODE_HELP = {
     "recommended": "the model's recommended α/β for the target retention (average over a calibration set)",
@@ -76,47 +80,41 @@ def device() -> str:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Knob:
-    """One setting as the app sees it: its name, type, whether empty means None ("auto"), default."""
+    """One setting as the app sees it: its name, the types it accepts (NoneType: empty means "auto"), default."""
 
     name: str
-    kind: str            # "bool", "int", "float", "str"
-    optional: bool       # empty -> None (the config's automatic choice)
+    types: tuple[type, ...]
     default: Any
     app: bool = False    # an app setting, not an OccamConfig field
 
+    @property
+    def kind(self) -> str:
+        """"bool", "int", "float" or "str": what the UI control edits."""
+        return self.types[0].__name__
 
-def _kind(f: dataclasses.Field) -> tuple[str, bool]:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    words = set(re.findall(r"[A-Za-z_]+", str(t)))
-    optional = "None" in words or "Optional" in words or f.default is None
-    for kind in ("bool", "int", "float", "str"):
-        if kind in words:
-            return kind, optional
-    d = f.default
-    kind = ("bool" if isinstance(d, bool) else "int" if isinstance(d, int) else
-            "float" if isinstance(d, float) else "str")
-    return kind, optional
+    @property
+    def optional(self) -> bool:
+        """Whether empty means None (the config's automatic choice)."""
+        return type(None) in self.types
 
 
 def config_knobs() -> tuple[Knob, ...]:
     """Every OccamConfig field the app exposes (all but ``MANAGED_FIELDS``), in the dataclass's order."""
-    out = []
-    for f in dataclasses.fields(occam.OccamConfig):
-        if f.name in MANAGED_FIELDS:
-            continue
-        kind, optional = _kind(f)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append(Knob(f.name, kind, optional, default))
-    return tuple(out)
+    defaults = occam.OccamConfig()
+    return tuple(Knob(name, kinds, getattr(defaults, name)) for name, kinds in field_types(occam.OccamConfig).items()
+                 if name not in MANAGED_FIELDS)
 
 
 APP_SETTINGS = (
-    Knob("model", "str", False, None, app=True),            # default: default_model()
-    Knob("target_retention", "float", False, DEFAULT_TARGET, app=True),
-    Knob("thresholds", "str", False, "recommended", app=True),
-    Knob("max_new_tokens", "int", False, 24, app=True),
-    Knob("repeats", "int", False, 3, app=True),
+    Knob("model", (str,), None, app=True),            # default: default_model()
+    Knob("target_retention", (float,), DEFAULT_TARGET, app=True),
+    Knob("thresholds", (str,), "recommended", app=True),
+    Knob("max_new_tokens", (int,), 24, app=True),
+    Knob("repeats", (int,), 3, app=True),
 )
+
+
+APP_NAMES = tuple(k.name for k in APP_SETTINGS)
 
 
 def knobs() -> tuple[Knob, ...]:
@@ -157,43 +155,9 @@ def _bad(name: str, value: Any, accepted: str) -> ValueError:
     return ValueError(f"Setting {name}={value!r} is invalid: accepted {accepted}.")
 
 
-def is_blank(v: Any) -> bool:
-    """Empty means "auto" (None) for an optional field: None, "" or "auto". Nothing else, not 0."""
-    return v is None or (isinstance(v, str) and v.strip().lower() in ("", "auto"))
-
-
 def coerce(knob: Knob, v: Any) -> Any:
-    """A UI / JSON value as the knob's type (no range checks: those are OccamConfig's)."""
-    accepted = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}[knob.kind]
-    if knob.optional:
-        accepted = "empty (auto) or " + accepted
-    if knob.optional and is_blank(v):
-        return None
-    if knob.kind == "bool":
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, (int, float)) and v in (0, 1):
-            return bool(v)
-        if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return v.strip().lower() in ("true", "1", "yes", "on")
-        raise _bad(knob.name, v, accepted)
-    if knob.kind == "str":
-        if not isinstance(v, str):
-            raise _bad(knob.name, v, accepted)
-        return v.strip()
-    if isinstance(v, bool):
-        raise _bad(knob.name, v, accepted)
-    try:
-        x = float(v.strip()) if isinstance(v, str) else float(v)
-    except (TypeError, ValueError):
-        raise _bad(knob.name, v, accepted) from None
-    if not math.isfinite(x):
-        raise _bad(knob.name, v, accepted)
-    if knob.kind == "int":
-        if x != int(x):
-            raise _bad(knob.name, v, accepted)
-        return int(x)
-    return v if isinstance(v, (int, float)) else x  # a number stays as given (messages quote it as typed)
+    """A UI / JSON value as the knob's type (occam.config's one coercer; the ranges are OccamConfig's)."""
+    return coerce_value(knob.name, v, knob.types, prefix="Setting ")
 
 
 def _check_app(name: str, v: Any) -> None:
@@ -226,25 +190,16 @@ def parse_settings(raw: Mapping[str, Any] | str | Settings | None = None) -> Set
     if unknown:
         raise ValueError(f"Unknown setting(s) {', '.join(map(repr, unknown))}: accepted {', '.join(names)}.")
     app: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    for knob in knobs():
-        if knob.name not in raw:
-            continue
-        v = raw[knob.name]
-        if knob.name == "model":
-            if v is None or (isinstance(v, str) and not v.strip()):
-                continue
-            if not isinstance(v, str):
-                raise _bad("model", v, "a model name: 'toy', a hub id or a local folder")
-        if knob.app and knob.name != "model" and v is None:
+    for knob in APP_SETTINGS:
+        v = raw.get(knob.name)
+        if v is None or (knob.name == "model" and isinstance(v, str) and not v.strip()):
             continue  # an app setting left empty: its default
-        x = coerce(knob, v)
-        if knob.app:
-            _check_app(knob.name, x)
-            app[knob.name] = x
-        else:
-            config[knob.name] = x
-    cfg = occam.OccamConfig(**config)  # the one validator of the knobs (ValueError names the rule)
+        if knob.name == "model" and not isinstance(v, str):
+            raise _bad("model", v, "a model name: 'toy', a hub id or a local folder")
+        app[knob.name] = coerce(knob, v)
+        _check_app(knob.name, app[knob.name])
+    # the one string-to-config coercer and the one validator of the knobs (ValueError names the rule)
+    cfg = occam.OccamConfig.from_strings({k: v for k, v in raw.items() if k not in APP_NAMES})
     return Settings(**app, config=cfg)
 
 
@@ -401,53 +356,51 @@ def _changed_knobs(cfg: occam.OccamConfig, base: Mapping) -> list[str]:
     return [k for k, v in usable.items() if k not in skip and getattr(cfg, k, v) != v]
 
 
+BUDGET_MODES = {"recommended": "recommended", "this input": "calibrated", "manual": "manual"}  # app word -> occam.budget
+
+
 def resolve_budget(s: Settings, vlm: Any, img: Any = None, question: str | None = None,
                    target: float | None = None, mode: str | None = None) -> tuple[occam.OccamConfig, dict]:
-    """The pruned run's OccamConfig for a target retention, and where its thresholds come from.
+    """The pruned run's OccamConfig for a target retention (``occam.budget``), and a note on where it comes from.
 
-    occam: ``mode`` (default ``s.thresholds``) picks the model's recommended alpha / beta (fallback when
-    the model has none: alpha = beta = 1, docs/method.md section 8), a calibration on this input, or the
-    typed alpha / beta. Fixed-budget methods: ``retention`` = the target. ``none``: as is.
+    A thresholded method (occam): ``mode`` (default ``s.thresholds``) picks the model's recommended alpha /
+    beta (fallback when the model has none: alpha = beta = 1, docs/method.md section 8), a calibration on
+    this input, or the typed alpha / beta. Fixed-budget methods: ``retention`` = the target. The full model: as is.
     """
     t = s.target_retention if target is None else target
     mode = mode or s.thresholds
-    cfg = s.config
-    info: dict[str, Any] = {"method": cfg.method, "target": t, "mode": mode if cfg.method == "occam" else "budget"}
-    if cfg.method in FIXED_BUDGET_METHODS:
-        cfg = cfg.replace(retention=t)
+    thresholded = s.config.spec.thresholded
+    b = budget.for_target(vlm, s.config, t, BUDGET_MODES[mode], samples=[(img, question)])
+    cfg = b.config
+    info: dict[str, Any] = {"method": cfg.method, "target": t, "mode": mode if thresholded else "budget"}
+    if b.source == "budget":
         info["note"] = f"fixed budget: {100 * t:.0f}% of the visual tokens of every input"
-    elif cfg.method == "occam":
-        if mode == "manual":
-            info["note"] = f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, set by hand (the target retention is not used)"
-        elif mode == "this input":
-            cfg = vlm.calibrate([(img, question)], t, config=cfg)
-            info["note"] = (f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, calibrated on this image and question to "
-                            f"{100 * t:.0f}% retention")
-        else:
-            rec = getattr(vlm, "recommended", None)
-            if rec is None:
-                cfg = cfg.replace(alpha=recommended_mod.FALLBACK["alpha"], beta=recommended_mod.FALLBACK["beta"])
-                info.update(source=None, note=f"α = β = 1: {recommended_mod.FALLBACK_RULE} (the target retention "
-                                             "is not used; calibrate on this input or type α/β instead)")
-            else:
-                alpha, beta, how = rec.thresholds(t)
-                cfg = cfg.replace(alpha=alpha, beta=beta)
-                entry = rec.entry(t)
-                measured = (f", {100 * entry.measured_retention:.1f}% on average there"
-                            if entry is not None and entry.measured_retention is not None else "")
-                what = {"exact": "", "interpolated": " (interpolated in log between the file's targets)",
-                        "clamped": " (outside the file's targets: the nearest one's thresholds)"}[how]
-                info.update(source=rec.source, how=how, calibration=rec.calibration.get("set"))
-                info["note"] = (f"α = {alpha:.4g}, β = {beta:.4g}: recommended for {100 * t:.0f}% average retention"
-                                f"{what}, calibrated on {rec.calibration.get('set', '?')}{measured}; this input keeps "
-                                "as many tokens as its evidence warrants")
-                changed = _changed_knobs(cfg, rec.base)
-                if changed:
-                    info["note"] += (f". Calibrated with other values of {', '.join(changed)}: the retention will "
-                                     "differ from the target")
-    else:
+    elif b.source == "full":
         info["note"] = "no pruning (the full model)"
-    info.update(alpha=cfg.alpha if cfg.method == "occam" else None, beta=cfg.beta if cfg.method == "occam" else None)
+    elif b.source == "manual":
+        info["note"] = f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, set by hand (the target retention is not used)"
+    elif b.source == "calibrated":
+        info["note"] = (f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}, calibrated on this image and question to "
+                        f"{100 * t:.0f}% retention")
+    elif b.source == "fallback":
+        info.update(source=None, note=f"α = β = 1: {recommended_mod.FALLBACK_RULE} (the target retention "
+                                      "is not used; calibrate on this input or type α/β instead)")
+    else:   # the model's recommended thresholds: "exact", "interpolated" or "clamped"
+        rec = vlm.recommended
+        entry = rec.entry(t)
+        measured = (f", {100 * entry.measured_retention:.1f}% on average there"
+                    if entry is not None and entry.measured_retention is not None else "")
+        what = {"exact": "", "interpolated": " (interpolated in log between the file's targets)",
+                "clamped": " (outside the file's targets: the nearest one's thresholds)"}[b.source]
+        info.update(source=rec.source, how=b.source, calibration=rec.calibration.get("set"))
+        info["note"] = (f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g}: recommended for {100 * t:.0f}% average retention"
+                        f"{what}, calibrated on {rec.calibration.get('set', '?')}{measured}; this input keeps "
+                        "as many tokens as its evidence warrants")
+        changed = _changed_knobs(cfg, rec.base)
+        if changed:
+            info["note"] += (f". Calibrated with other values of {', '.join(changed)}: the retention will "
+                             "differ from the target")
+    info.update(alpha=cfg.alpha if thresholded else None, beta=cfg.beta if thresholded else None)
     return cfg, info
 
 
@@ -566,10 +519,10 @@ def run_compare(image: Any, question: Any, settings: Mapping | Settings | str | 
     ref = check_reference(reference)
     img, q = load_inputs(image, question)
     vlm = cache.get(s.model, progress)
-    if s.method == "occam" and s.thresholds == "this input":
+    if s.config.spec.thresholded and s.thresholds == "this input":
         progress(0.15, f"calibrating α/β to {100 * s.target_retention:.0f}% retention on this input ...")
     cfg, budget = resolve_budget(s, vlm, img, q)
-    full, pruned, timing = measure(vlm, img, q, occam.OccamConfig(method="none"), cfg, s.max_new_tokens,
+    full, pruned, timing = measure(vlm, img, q, FULL, cfg, s.max_new_tokens,
                                    s.repeats, progress)
     progress(0.95, "rendering ...")
     return Comparison(image=img, question=q, settings=s, config=cfg, model=s.model, family=vlm.family,
@@ -600,34 +553,35 @@ def run_methods(image: Any, question: Any, settings: Mapping | Settings | str | 
     cache = cache or MODELS
     s = parse_settings(settings)
     ref = check_reference(reference)
-    bad = [m for m in methods if m not in occam.METHODS or m == "none"]
+    bad = [m for m in methods if m not in COMPARED_METHODS]
     if bad or not methods:
         raise ValueError(f"Methods {bad} are invalid: accepted {', '.join(COMPARED_METHODS)}.")
     img, q = load_inputs(image, question)
     vlm = cache.get(s.model, progress)
     t = s.target_retention
     progress(0.1, "full model (method none) ...")
-    full = vlm.generate(img, q, config=occam.OccamConfig(method="none"), max_new_tokens=s.max_new_tokens)
+    full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
     rows = []
     for i, m in enumerate(methods):
-        progress(0.15 + 0.8 * i / len(methods), f"{m} ..." + (" (calibrating α/β on this input)" if m == "occam"
-                                                            else ""))
+        progress(0.15 + 0.8 * i / len(methods), f"{m} ..." + (" (calibrating α/β on this input)"
+                                                            if registry.get(m).thresholded else ""))
         ms = dataclasses.replace(s, config=s.config.replace(method=m))
-        cfg, budget = resolve_budget(ms, vlm, img, q, mode="this input")
+        cfg, info = resolve_budget(ms, vlm, img, q, mode="this input")
         res = vlm.generate(img, q, config=cfg, max_new_tokens=s.max_new_tokens)
         c = res.trace.counts
         rows.append({"method": m, "answer": res.text, "kept": c["final"], "visual": c["visual"],
                      "retention": c["retention"], "same_as_full": same_answer(res.text, full.text),
-                     "correct": matches_reference(res.text, ref), "alpha": budget.get("alpha"),
-                     "beta": budget.get("beta"), "note": budget.get("note"), "config": cfg.to_dict(),
+                     "correct": matches_reference(res.text, ref), "alpha": info.get("alpha"),
+                     "beta": info.get("beta"), "note": info.get("note"), "config": cfg.to_dict(),
                      "trace": res.trace.to_dict()})
     progress(1.0, "done")
     data = {"model": s.model, "family": vlm.family, "question": q, "target_retention": t, "reference": ref,
             "full": {"answer": full.text, "visual_tokens": full.trace.counts["visual"],
                      "correct": matches_reference(full.text, ref), "trace": full.trace.to_dict()},
             "rows": rows, "settings": s.to_dict(),
-            "rule": "occam: α/β calibrated on this image and question to the target; topk, fastv, visionzip, "
-                    "random: a fixed budget of the target share of the visual tokens"}
+            "rule": f"{', '.join(m for m in methods if registry.get(m).thresholded)}: α/β calibrated on this image "
+                    f"and question to the target; {', '.join(m for m in methods if registry.get(m).fixed_budget)}: "
+                    "a fixed budget of the target share of the visual tokens"}
     return MethodRuns(image=img, data=data)
 
 
@@ -670,15 +624,16 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
     cache = cache or MODELS
     s = parse_settings(settings)
     vals = parse_sweep_values(values, param)
-    if s.method == "none":
-        raise ValueError("Method 'none' does not prune: pick occam or a baseline to sweep a budget.")
-    if param != "target retention" and s.method != "occam":
+    if not s.config.spec.prunes:
+        raise ValueError(f"Method {s.method!r} does not prune: pick occam or a baseline to sweep a budget.")
+    thresholded = s.config.spec.thresholded
+    if param != "target retention" and not thresholded:
         raise ValueError(f"Sweeping {param} needs method 'occam' ({s.method!r} has a fixed budget): "
                          "sweep 'target retention' instead.")
     img, q = load_inputs(image, question)
     vlm = cache.get(s.model, progress)
     progress(0.05, "full model (method none) ...")
-    full = vlm.generate(img, q, config=occam.OccamConfig(method="none"), max_new_tokens=s.max_new_tokens)
+    full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
     base = None if param == "target retention" else resolve_budget(s, vlm, img, q)[0]
     rows = []
     for i, v in enumerate(vals):
@@ -691,21 +646,19 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
             cfg, _ = resolve_budget(s, vlm, img, q, target=v)
         res = vlm.generate(img, q, config=cfg, max_new_tokens=s.max_new_tokens)
         c = res.trace.counts
-        rows.append({"value": v, "alpha": cfg.alpha if s.method == "occam" else None,
-                     "beta": cfg.beta if s.method == "occam" else None, "kept": c["final"],
+        rows.append({"value": v, "alpha": cfg.alpha if thresholded else None,
+                     "beta": cfg.beta if thresholded else None, "kept": c["final"],
                      "retention": c["retention"], "answer": res.text,
                      "same_as_full": same_answer(res.text, full.text)})
     progress(1.0, "done")
     return {"param": param, "method": s.method, "model": s.model, "question": q,
-            "thresholds": s.thresholds if s.method == "occam" else None,
+            "thresholds": s.thresholds if thresholded else None,
             "full": {"answer": full.text, "visual_tokens": full.trace.counts["visual"]}, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------
 # the token inspector (reads a trace's JSON form)
 # ---------------------------------------------------------------------------------------------
-STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "fastv": "FastV", "visionzip": "VisionZip",
-               "random": "Random"}
 
 
 def token_at(trace: Mapping, x: float, y: float) -> int | None:
@@ -752,7 +705,7 @@ def inspect_token(trace: Mapping, j: Any, top: int = 5) -> dict:
             decision = "register (reference), " + ("kept" if kept else "dropped")
         else:
             decision = "kept" if kept else "dropped"
-        info = {"stage": st["name"], "label": STAGE_NAMES.get(st["name"], st["name"]), "layer": st.get("layer"),
+        info = {"stage": st["name"], "label": registry.STAGE_LABELS.get(st["name"], st["name"]), "layer": st.get("layer"),
                 "entered": entered, "score": s, "rank": rank, "of": len(cands), "threshold": st.get("threshold"),
                 "threshold_kind": ("relative threshold" if st.get("reference_kind") != "budget"
                                    else "lowest kept score (fixed budget)"),
@@ -765,7 +718,7 @@ def inspect_token(trace: Mapping, j: Any, top: int = 5) -> dict:
         ra = st.get("register_attention")
         if ra and j < len(ra) and ra[j] is not None:
             info["register_attention"] = ra[j]
-        if st["name"] in ("stage2", "fastv"):
+        if st["name"] in registry.language_stages():
             info["question_tokens"], info["question_note"] = _question_tokens(st, j, top, entered)
         out["stages"].append(info)
         alive = [bool(k) for k in st["kept"]] if st.get("kept") else alive

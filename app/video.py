@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 import occam
+from occam import methods as registry
 from occam.inputs import check_question
 from occam.models import video_families
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VIDEO_MODEL = "tiny-video-llava"   # offline: random weights, shows the pipeline, not sensible answers
 VIDEO_MODEL_CHOICES = ["tiny-video-llava", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "LanguageBind/Video-LLaVA-7B-hf",
                        "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
-VIDEO_METHODS = ("occam", "topk", "fastv", "visionzip", "random")
+VIDEO_METHODS = registry.PRUNING_METHODS
 KEPT, STAGE2_DROP, DIM = (40, 200, 90), (255, 150, 30), (0, 0, 0, 150)
 
 
@@ -42,7 +43,7 @@ class VideoComparison:
     pruned: Any      # occam.Result
 
 
-def video_config(method: str = "occam", alpha: float = 1.0, beta: float = 1.0, retention: float = 0.25,
+def video_config(method: str = occam.OccamConfig.method, alpha: float = 1.0, beta: float = 1.0, retention: float = 0.25,
                  temporal_similarity: float | None = None) -> occam.OccamConfig:
     """The pruned run's config from the tab's knobs (OccamConfig validates and names what it accepts)."""
     t = None if temporal_similarity in (None, "", 0) else float(temporal_similarity)
@@ -68,7 +69,7 @@ def run_video_compare(video: Any, question: Any, model: str = DEFAULT_VIDEO_MODE
     progress(0.1, "reading the video ...")
     clip = video if isinstance(video, occam.Video) else occam.read_video(video, **vlm.adapter.video_sampling())
     progress(0.3, "full model (method none) ...")
-    full = vlm.generate(clip, q, config=occam.OccamConfig(method="none"), max_new_tokens=max_new_tokens)
+    full = vlm.generate(clip, q, config=occam.OccamConfig(method=registry.FULL), max_new_tokens=max_new_tokens)
     progress(0.65, f"pruned run (method {cfg.method}) ...")
     pruned = vlm.generate(clip, q, config=cfg, max_new_tokens=max_new_tokens)
     return VideoComparison(clip, q, model, vlm.family, cfg, full, pruned)
@@ -84,7 +85,7 @@ def frame_strip(video: occam.Video, trace: Any, thumb_height: int = 150, max_fra
     dropped by Stage II outlined orange, kept outlined green with a fill as strong as its Stage-I evidence."""
     tr = _trace(trace)
     n_frames = len(tr["frame_times"])
-    stage1 = next((s for s in tr["stages"] if s["name"] in ("stage1", "visionzip", "random")), None)
+    stage1 = next((s for s in tr["stages"] if s["name"] in registry.vision_stages()), None)
     kept1 = stage1["kept"] if stage1 else [True] * tr["num_visual"]
     scores = stage1["scores"] if stage1 else [None] * tr["num_visual"]
     finite = [s for s in scores if s is not None]
@@ -192,7 +193,7 @@ def build_video_tab() -> None:
                 with gr.Row():
                     model = gr.Dropdown(VIDEO_MODEL_CHOICES, value=DEFAULT_VIDEO_MODEL, allow_custom_value=True,
                                         label="Video model (tiny-*: random weights, offline)", elem_id="video-model")
-                    method = gr.Dropdown(list(VIDEO_METHODS), value="occam", label="Method")
+                    method = gr.Dropdown(list(VIDEO_METHODS), value=occam.OccamConfig.method, label="Method")
                 with gr.Row():
                     alpha = gr.Number(1.0, label="α (Stage I)", minimum=0, step=0.05)
                     beta = gr.Number(1.0, label="β (Stage II)", minimum=0, step=0.05)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from .methods import METHODS, Method
 from .methods import get as get_method
@@ -129,3 +134,76 @@ class OccamConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, Any], base: "OccamConfig | None" = None) -> "OccamConfig":
+        """A config from UI text, JSON or command-line values, each typed by its field (``coerce_value``).
+
+        The one string-to-config coercer (the app's settings, lmms-eval's ``--model_args``); the range
+        rules stay ``__post_init__``'s. ``base``: the config the values change (default: the defaults)."""
+        kinds = field_types(cls)
+        unknown = sorted(set(values) - set(kinds))
+        if unknown:
+            raise ValueError(f"Unknown OccamConfig field(s) {', '.join(map(repr, unknown))}: accepted "
+                             f"{', '.join(kinds)}.")
+        typed = {k: coerce_value(k, v, kinds[k]) for k, v in values.items()}
+        return base.replace(**typed) if base is not None else cls(**typed)
+
+
+# -- text -> typed values: one set of words for "empty", "true" and "false" ----------------------------
+EMPTY_WORDS = ("", "auto", "none", "null")     # an optional field's automatic choice (None)
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_NONE = type(None)
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+@cache
+def field_types(cls: type | None = None) -> dict[str, tuple[type, ...]]:
+    """Field name -> the types its annotation accepts (NoneType last for ``X | None``), of OccamConfig or ``cls``."""
+    cls = cls or OccamConfig
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        out[f.name] = tuple(sorted(typing.get_args(hint) if union else (hint,), key=lambda k: k is _NONE))
+    return out
+
+
+def _as(kind: type, v: Any) -> Any:
+    """``v`` (a Python value or its text) as ``kind``; TypeError / ValueError if it is not one."""
+    text = v.strip().lower() if isinstance(v, str) else None
+    if kind is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, (int, float)) and v in (0, 1):
+            return bool(v)
+        if text in TRUE_WORDS + FALSE_WORDS:
+            return text in TRUE_WORDS
+    elif kind is str:
+        if isinstance(v, str):
+            return v.strip()
+    elif not isinstance(v, bool) and isinstance(v, (int, float, str)):
+        x = float(v)                           # ValueError for text that is no number
+        if math.isfinite(x) and (kind is float or x == int(x)):
+            return int(x) if kind is int else (v if isinstance(v, (int, float)) else x)  # numbers stay as typed
+    raise ValueError(v)
+
+
+def coerce_value(name: str, value: Any, kinds: tuple[type, ...], prefix: str = "OccamConfig.") -> Any:
+    """``value`` typed as the first of ``kinds`` (bool, int, float, str, NoneType) that takes it.
+
+    Empty text (``EMPTY_WORDS``) is None where None is accepted; no range checks here. ValueError
+    ``"<prefix><name>=<value> is invalid: accepted ..."`` otherwise."""
+    if _NONE in kinds and (value is None or (isinstance(value, str) and value.strip().lower() in EMPTY_WORDS)):
+        return None
+    for kind in kinds:
+        if kind is not _NONE:
+            try:
+                return _as(kind, value)
+            except (TypeError, ValueError):
+                continue
+    accepted = " or ".join(_WORDS.get(k, k.__name__) for k in kinds if k is not _NONE)
+    if _NONE in kinds:
+        accepted = "empty (auto) or " + accepted
+    raise ValueError(f"{prefix}{name}={value!r} is invalid: accepted {accepted}.")

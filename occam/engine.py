@@ -24,7 +24,7 @@ from .config import OccamConfig
 from .evidence import attention_rows
 from .models.base import Adapter
 from .models.cache import BatchCache
-from .registers import outlier_indices
+from .registers import lm_sinks
 from .trace import StageTrace, Trace, _floats
 from .types import Prepared, VisionOutput, VisionStats
 
@@ -354,9 +354,8 @@ def stage2(ad: Adapter, i: int, seq: Sequence, n: int, stats: VisionStats | None
     a, b = n_rows * n_vis, n_rows * n_vis + peak.numel()
     per_row, peak, vis_ids = host[:a].view(n_rows, n_vis), host[a:b], host[b:].long()
     attention = per_row.mean(dim=0) if n_rows else torch.zeros(n_vis)
-    sinks = torch.zeros(n_vis, dtype=torch.bool)
-    if method.reads_sinks:
-        sinks[outlier_indices(peak, cfg.sink_kappa, cfg.max_register_frac)] = True
+    sinks = lm_sinks(peak, cfg.sink_kappa, cfg.max_register_frac) if method.reads_sinks else \
+        torch.zeros(n_vis, dtype=torch.bool)
     keep, trace = method.stage2(attention, vis_ids, n, stats, sinks, cfg, i)
     full = torch.full((n_rows, n), float("nan"))
     full[:, vis_ids] = per_row

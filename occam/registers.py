@@ -1,9 +1,14 @@
-"""Register detection: tensors in, indices out (docs/method.md section 1). No transformers imports.
+"""Register detection, all of it: tensors in, masks or indices out (docs/method.md section 1). No transformers.
 
-Three sources, tried in this order by the adapters:
+Three sources, tried in this order:
 1. explicit   - the vision tower has register tokens by construction (e.g. DINOv2-with-registers);
-2. emergent   - high-norm tokens at the vision feature layer (Darcet et al.);
-3. sink       - visual tokens with massive activations in the language model at layer K (Kang et al.).
+   the adapters read them from the tower's layout;
+2. emergent   - high-norm tokens at the vision feature layer (Darcet et al.): ``emergent_registers``,
+   batched on the device, which the adapters call;
+3. sink       - visual tokens with massive activations in the language model at layer K (Kang et al.):
+   ``lm_sinks``, which the engine calls at layer K.
+``high_norm_tokens`` / ``massive_activation_tokens`` are the same rules on one (N, C) tensor, as indices:
+the readable reference the tests hold the batched forms to.
 """
 from __future__ import annotations
 
@@ -30,6 +35,20 @@ def massive_activation_tokens(hidden: torch.Tensor, kappa: float = 10.0, max_fra
     hidden: (N, D) residual-stream hidden states of the visual tokens entering decoder layer K.
     """
     return outlier_indices(hidden.float().abs().amax(dim=-1), kappa, max_frac)
+
+
+def emergent_registers(hidden: torch.Tensor, candidates: torch.Tensor, count: int, kappa: float,
+                       max_frac: float) -> torch.Tensor:
+    """(B, T) bool mask of high-norm tokens among ``candidates`` ((B, T) bool, ``count`` per row); no host sync."""
+    norms = hidden.float().norm(dim=-1).masked_fill(~candidates, float("nan"))
+    return outlier_mask(norms, kappa, max_frac, count)
+
+
+def lm_sinks(peak: torch.Tensor, kappa: float, max_frac: float) -> torch.Tensor:
+    """(N,) bool: LM sinks among N visual tokens from each one's largest |activation| entering layer K."""
+    sinks = torch.zeros(peak.numel(), dtype=torch.bool)
+    sinks[outlier_indices(peak, kappa, max_frac)] = True
+    return sinks
 
 
 def outlier_mask(values: torch.Tensor, kappa: float, max_frac: float, count: int) -> torch.Tensor:

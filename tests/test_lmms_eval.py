@@ -199,7 +199,7 @@ def test_every_config_field_reads_from_its_text():
                      "keep_registers": "none"} and other == {"pretrained": "toy"}
     with pytest.raises(ValueError, match="Unknown model arg.*alpah"):
         margs.split_args({"alpah": 1.0})
-    with pytest.raises(ValueError, match="stage2_layer='middle'.*int or None"):
+    with pytest.raises(ValueError, match="stage2_layer='middle' is invalid: accepted empty \\(auto\\) or an integer"):
         margs.coerce("stage2_layer", "middle")
     assert margs.label(margs.parse("pretrained=x,method=occam,stage1=False,target_retention=0.11")) == \
         "occam stage1=False target=0.11"

@@ -96,7 +96,7 @@ def budget_markdown(budget: Mapping, flags: Mapping | None = None) -> str:
     mode = budget.get("mode")
     head = "**Budget**" if mode in (None, "budget") else f"**Budget** (α/β: {mode})"
     out = f"{head}: {_escape(budget.get('note', ''))}"
-    if budget.get("method") == "occam" and budget.get("mode") == "recommended" and not budget.get("source"):
+    if budget.get("mode") == "recommended" and not budget.get("source"):   # a thresholded method's fallback
         out = "⚠ " + out
     for w in flag_warnings(flags):
         out += f"  \n⚠ {w}"

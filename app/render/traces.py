@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from occam import methods as registry
+
 # The five overlay views of the app, in tab order.
 VIEWS = ("final", "stage1_evidence", "stage1_mask", "stage2_evidence", "registers")
 VIEW_TITLES = {
@@ -14,10 +16,9 @@ VIEW_TITLES = {
     "stage2_evidence": "Stage II evidence",
     "final": "Final kept tokens",
 }
-STAGE1_NAMES = ("stage1", "visionzip", "random")   # stages acting before the language model
-STAGE2_NAMES = ("stage2", "fastv")                 # stages acting inside it (decoder layer K)
-STAGE_LABELS = {"stage1": "Stage I", "stage2": "Stage II", "fastv": "FastV", "visionzip": "VisionZip",
-                "random": "Random"}
+STAGE1_NAMES = registry.vision_stages()     # stages acting before the language model
+STAGE2_NAMES = registry.language_stages()   # stages acting inside it (decoder layer K)
+STAGE_LABELS = registry.STAGE_LABELS        # stage name -> its name on the page
 THRESHOLD_SYMBOL = {"stage1": "α", "stage2": "β"}
 
 

@@ -23,14 +23,14 @@ import torch
 
 import occam
 from occam import archs, budget, cost
-from occam.methods import PRUNING_METHODS
+from occam.methods import FULL, PRUNING_METHODS, TIMED_METHODS
 from occam.methods import get as get_method
 from occam.inputs import open_image
 
 from .common import (DTYPES, PeakMemory, bench_image, fmt, fmt_range, load_vlm, md_table, median, ratios,
                      summarize, write_report)
 
-METHODS = ("none", "occam", "topk", "fastv", "visionzip")
+METHODS = TIMED_METHODS
 TIMING_KEYS = ("preprocess_s", "vision_s", "scoring_s", "prefill_s", "decode_s", "total_s", "decode_tokens_per_s")
 QUESTION = "What is the red object in the middle of the picture, and what can be seen behind it? Answer briefly."
 TARGET_FRACTION_OF_IDEAL = 0.90   # measured prefill speed-up >= 90% of the FLOPs-ideal one
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-layers", type=int, default=None, help="keep only the first N decoder layers")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=occam.METHODS)
     p.add_argument("--retention", nargs="+", type=float, default=[0.25], help="target retention(s) in (0, 1]")
     p.add_argument("--reps", type=int, default=3, help="timed rounds (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first; the last one measures memory")
@@ -95,8 +95,8 @@ def make_variants(vlm: occam.VLM, image, question: str, methods, retentions, fas
     occam's alpha / beta are calibrated on this very input (``vlm.calibrate`` on one sample, to half a
     token), so that it keeps as many tokens as the fixed-budget methods.
     """
-    base = occam.OccamConfig(method="none", fastv_layer=fastv_layer, stage2_layer=stage2_layer)
-    out = [Variant("none", "none", None, base)]
+    base = occam.OccamConfig(method=FULL, fastv_layer=fastv_layer, stage2_layer=stage2_layer)
+    out = [Variant(FULL, FULL, None, base)]
     n = vlm.generate(image, question, base, max_new_tokens=0).trace.num_visual
     for t in retentions:
         for m in (m for m in methods if m in PRUNING_METHODS):
@@ -231,7 +231,7 @@ def build_report(vlm: occam.VLM, variants: list[Variant], traces: dict, partner:
                  setup: dict) -> dict:
     lm_config = vlm.adapter.lm.config
     element_size = torch.empty((), dtype=vlm.model.dtype).element_size()
-    full = traces["none"]
+    full = traces[FULL]
     tr = full[0]
     return {
         "benchmark": "speed", **setup,
@@ -361,7 +361,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     hf = hf_forward_times(vlm, image, args.question, args.reps, args.warmup)
     traces, partner, memory = run_rounds(vlm, image, args.question, variants, args.reps, args.warmup,
                                          args.max_new_tokens, log)
-    none = summarize(t.timings["vision_s"] + t.timings["prefill_s"] for t in traces["none"])
+    none = summarize(t.timings["vision_s"] + t.timings["prefill_s"] for t in traces[FULL])
     setup = {"command": "python -m occam.bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
              "question": args.question, "reps": args.reps, "warmup": args.warmup,
              "max_new_tokens": args.max_new_tokens, "fastv_layer": fastv_k, "fastv_layer_full_depth": args.fastv_layer,

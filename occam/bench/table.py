@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from occam.lmms import metric_key
+from occam.methods import FULL
 from occam.lmms.args import label, parse
 
 from .common import md_table, write_report
@@ -77,14 +78,14 @@ def _mean(values) -> float | None:
 def build(rows: list[dict]) -> dict:
     """Add relative scores (vs the model's ``none`` run) and row means."""
     for row in rows:
-        base = next((r for r in rows if r["model"] == row["model"] and r["method"] == "none"), None)
+        base = next((r for r in rows if r["model"] == row["model"] and r["method"] == FULL), None)
         for task, t in row["tasks"].items():
             ref = base["tasks"].get(task) if base else None
             t["relative"] = t["score"] / ref["score"] if ref and ref["score"] else None
         ts = row["tasks"].values()
         row.update(avg_relative=_mean(t["relative"] for t in ts), avg_retention=_mean(t["retention"] for t in ts),
                    avg_flops_ratio=_mean(t["flops_ratio"] for t in ts))
-    rows.sort(key=lambda r: (r["model"], r["method"] != "none"))
+    rows.sort(key=lambda r: (r["model"], r["method"] != FULL))
     return {"rows": rows, "tasks": list(dict.fromkeys(t for r in rows for t in r["tasks"]))}
 
 

@@ -25,11 +25,11 @@ import torch
 
 import occam
 from occam import budget, engine
-from occam.methods import PRUNING_METHODS
+from occam.methods import FULL, PRUNING_METHODS, TIMED_METHODS
 
 from .common import DTYPES, PeakMemory, bench_image, fmt, load_vlm, md_table, summarize, write_report
 
-METHODS = ("none", "occam", "topk", "fastv", "visionzip")
+METHODS = TIMED_METHODS
 QUESTIONS = ("What is the red object in the middle of the picture?", "What colour is the sky?",
              "Is there a tree on the right? Answer yes or no.", "How many objects can you see?",
              "Describe the picture in one sentence.", "What is behind the red ball, and what shape is it?")
@@ -74,7 +74,7 @@ def requests(n: int, size: tuple[int, int]) -> tuple[list, list[str]]:
 
 def variants(vlm: occam.VLM, methods, retentions, calib) -> list[tuple[str, occam.OccamConfig]]:
     """(label, config) per method and target retention; occam's alpha / beta calibrated to each target."""
-    out = [("none", occam.OccamConfig(method="none"))]
+    out = [(FULL, occam.OccamConfig(method=FULL))]
     for t in retentions:
         for m in (m for m in methods if m in PRUNING_METHODS):
             cfg = budget.for_target(vlm, occam.OccamConfig(method=m), t, "calibrated", calib, tol=0.01, iters=16).config
@@ -138,28 +138,28 @@ def measure(vlm: occam.VLM, args, rows: list, b: int) -> list[dict]:
         for fn in batch.values():
             fn()
     full_runs, out = [], []
-    pruned = [label for label, _ in rows if label != "none"]
+    pruned = [label for label, _ in rows if label != FULL]
     pairs: dict[str, list] = {label: [] for label in pruned}
     for rnd in range(args.rounds):
         order = pruned[rnd % len(pruned):] + pruned[:rnd % len(pruned)] if pruned else []
         for label in order or [None]:
             first_full = rnd % 2 == 0
             runs = {}
-            for which in (["none", label] if first_full else [label, "none"]):
+            for which in ([FULL, label] if first_full else [label, FULL]):
                 if which is None:
                     continue
                 runs[which] = timed(dev, batch[which])
-            full_runs.append(runs["none"])
+            full_runs.append(runs[FULL])
             if label is not None:
-                pairs[label].append((runs["none"], runs[label]))
+                pairs[label].append((runs[FULL], runs[label]))
     full = [run_stats(r, s, m) for s, r, m in full_runs]
-    out.append(summary("none", b, full, None, args))
+    out.append(summary(FULL, b, full, None, args))
     for label in pruned:
         stats = [run_stats(r, s, m) for _, (s, r, m) in pairs[label]]
         ratio = [f[0] / p[0] for f, p in pairs[label]]
         out.append(summary(label, b, stats, ratio, args))
     if b <= args.serial_up_to:
-        cfg = dict(rows)["none"]
+        cfg = dict(rows)[FULL]
         s, res, m = timed(dev, lambda: [vlm.generate(im, q, cfg, max_new_tokens=n) for im, q in zip(images, questions)])
         out.append(summary("none, one at a time", b, [run_stats(res, s, m)], None, args))
     if not args.no_hf:

@@ -5,67 +5,18 @@ new knobs work without code changes here; the remaining args configure loading, 
 """
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from functools import cache
-
 from occam import OccamConfig
+from occam.config import coerce_value, field_types
 
 #: model args that are not OccamConfig knobs (lmms-eval adds batch_size, max_batch_size and device itself)
 RUN_ARGS = ("pretrained", "dtype", "device", "batch_size", "max_batch_size", "target_retention", "calib_task",
             "calib_split", "calib_n", "calib_seed", "calib_include_path", "trace_dir", "label", "on_unsupported")
-_TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null", "")
-
-
-@cache
-def config_types() -> dict[str, tuple[type, ...]]:
-    """OccamConfig field name -> the types its annotation accepts (NoneType included for ``X | None``)."""
-    hints = typing.get_type_hints(OccamConfig)
-    out = {}
-    for f in dataclasses.fields(OccamConfig):
-        hint = hints[f.name]
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        out[f.name] = typing.get_args(hint) if union else (hint,)
-    return out
-
-
-def _as(kind: type, value):
-    """``value`` (as lmms-eval parsed it: bool, int, float or str) as ``kind``; ValueError if it is not one."""
-    text = str(value).strip().lower()
-    if kind is type(None):
-        if value is None or (isinstance(value, str) and text in _NONE):
-            return None
-    elif kind is bool:
-        if isinstance(value, bool) or text in _TRUE + _FALSE:
-            return value if isinstance(value, bool) else text in _TRUE
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and text.lstrip("-").isdigit():
-            return int(text)
-    elif kind is float:
-        if not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        return text if isinstance(value, bool) else str(value)
-    raise ValueError(value)
+config_types = field_types    # OccamConfig field -> the types it accepts
 
 
 def coerce(name: str, value):
-    """The value of OccamConfig field ``name`` written as ``value`` in ``--model_args``."""
-    kinds = config_types()[name]
-    if type(value) in kinds:            # lmms-eval already parsed it to an accepted type
-        return value
-    for kind in sorted(kinds, key=lambda k: k is str):  # str last: it accepts anything
-        try:
-            return _as(kind, value)
-        except (ValueError, TypeError):
-            continue
-    accepted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
-    raise ValueError(f"model arg {name}={value!r} is invalid: OccamConfig.{name} takes {accepted}.")
+    """The value of OccamConfig field ``name`` written as ``value`` in ``--model_args`` (occam.config's coercer)."""
+    return coerce_value(name, value, field_types()[name], prefix="model arg ")
 
 
 def split_args(args: dict) -> tuple[dict, dict]:

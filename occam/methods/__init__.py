@@ -15,9 +15,13 @@ from .visionzip import VisionZip
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (Full(), OccamToken(), TopK(), FastV(), VisionZip(), Random())}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
-PRUNING_METHODS: tuple[str, ...] = tuple(n for n in METHODS if n != "none")   # every method but the full model
+FULL: str = Full.name                     # the unmodified model, the reference every pruned run is compared with
+PRUNING_METHODS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.prunes)   # all but the full model
 FIXED_BUDGET_METHODS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.fixed_budget)
+#: what the speed benchmarks time: every method whose selection is not a control drawn from the input's digest
+TIMED_METHODS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if not m.seeded_by_input)
 STAGE_SIDES: dict[str, str] = {s: side for m in REGISTRY.values() for s, side in m.stages.items()}
+STAGE_LABELS: dict[str, str] = {s: label for m in REGISTRY.values() for s, label in m.stage_labels.items()}
 
 
 def get(name: str) -> Method:

@@ -26,9 +26,15 @@ class Method:
     fixed_budget = False       # whether ``retention`` is its budget (else thresholds decide the count)
     thresholded = False        # whether alpha / beta decide (OccamToken)
     stages: dict[str, str] = {}   # trace stage name -> "vision" (before the LM) or "language" (at layer K)
+    stage_labels: dict[str, str] = {}   # trace stage name -> its name on the page ("Stage I", "FastV", ...)
     layer_field: str | None = None   # the OccamConfig field naming its decoder layer K, if it cuts there
     reads_sinks = False        # whether its Stage II adds LM sinks at layer K to the reference
     seeded_by_input = False    # whether its selection depends on a digest of the input (random)
+
+    @property
+    def prunes(self) -> bool:
+        """Whether it removes any token (every method but the unmodified model)."""
+        return self.side != "none"
 
     # -- what it needs ---------------------------------------------------------------------------------
     def uses_stage2(self, cfg: OccamConfig) -> bool:

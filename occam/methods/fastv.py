@@ -15,6 +15,7 @@ class FastV(Method):
     side = "language"
     fixed_budget = True
     stages = {"fastv": "language"}
+    stage_labels = {"fastv": "FastV"}
     layer_field = "fastv_layer"
 
     def uses_stage2(self, cfg) -> bool:

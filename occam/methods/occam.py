@@ -19,6 +19,7 @@ class OccamToken(Method):
     side = "both"
     thresholded = True
     stages = {"stage1": "vision", "stage2": "language"}
+    stage_labels = {"stage1": "Stage I", "stage2": "Stage II"}
     layer_field = "stage2_layer"
     reads_sinks = True
 

@@ -12,6 +12,7 @@ class Random(Method):
     side = "vision"
     fixed_budget = True
     stages = {"random": "vision"}
+    stage_labels = {"random": "Random"}
     seeded_by_input = True
 
     def stage1(self, vis, stats, cfg, input_seed: int = 0):

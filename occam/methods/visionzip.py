@@ -15,6 +15,7 @@ class VisionZip(Method):
     side = "vision"
     fixed_budget = True
     stages = {"visionzip": "vision"}
+    stage_labels = {"visionzip": "VisionZip"}
 
     def needs_vision_stats(self, cfg) -> bool:
         return True

@@ -23,7 +23,6 @@ import torch
 from transformers import DynamicCache
 
 from ..evidence import attention_colmeans
-from ..registers import outlier_mask
 from ..types import Prepared, TokenStats, VisionOutput, VisionStats  # noqa: F401 (re-exported)
 from ..video import Video
 
@@ -81,13 +80,6 @@ def vision_token_stats(q: torch.Tensor, k: torch.Tensor, scale: float, registers
     return TokenStats(means[:, 0], means[:, 1], means[:, 2] if cls_index is not None else None, keys)
 
 
-def emergent_registers(hidden: torch.Tensor, candidates: torch.Tensor, count: int, kappa: float,
-                       max_frac: float) -> torch.Tensor:
-    """(B, T) bool mask of high-norm tokens among ``candidates`` ((B, T) bool, ``count`` per row); no host sync."""
-    norms = hidden.float().norm(dim=-1).masked_fill(~candidates, float("nan"))
-    return outlier_mask(norms, kappa, max_frac, count)
-
-
 def rotary_function(module: torch.nn.Module, name: str):
     """The family's own rotary function, from the transformers module that defines ``module``'s class.
 
@@ -132,10 +124,15 @@ class Adapter:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # decided once: sdpa / flash attention apply their causal kernels, eager needs the mask spelled out
         self._explicit_mask = self.lm.config._attn_implementation == "eager"
-        self.probe = Probe(self.vision_layer())
         self._layouts: dict = {}   # token layouts (boxes, grid, ...) by input geometry: pure functions of it
+        self.setup(model)          # the family's attributes, then the probe on its scored layer: in this order
+        self.probe = Probe(self.vision_layer())
 
     # -- per family ----------------------------------------------------------------------------
+    def setup(self, model) -> None:
+        """The family's own attributes, decided once (layers, offsets, module lookups); called by ``__init__``
+        before anything reads them, so a family overrides this and never ``__init__``."""
+
     def vision_layer(self) -> torch.nn.Module:
         """The vision encoder layer whose attention Stage I scores."""
         raise NotImplementedError

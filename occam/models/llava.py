@@ -14,12 +14,15 @@ Modifies: nothing (see ``base``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from ..geometry import anyres_canvas, clip_affine, grid_boxes, scale_to
 from ..types import CapturedLayer, Prepared, VisionOutput, VisionStats
-from .base import Adapter, Probe, emergent_registers, vision_token_stats
+from ..registers import emergent_registers
+from .base import Adapter, Probe, vision_token_stats
 
 
 def _encoder_layers(tower) -> torch.nn.ModuleList:
@@ -34,10 +37,27 @@ def _encoder_layers(tower) -> torch.nn.ModuleList:
     raise TypeError(f"Unsupported vision tower {type(tower).__name__}: expected a CLIP/SigLIP/DINOv2-style encoder.")
 
 
+@dataclass(frozen=True)
+class ScoredLayer:
+    """What Stage I reads of a CLIP / SigLIP / DINOv2 encoder layer, looked up once at construction."""
+    norm: torch.nn.Module
+    q_proj: torch.nn.Module
+    k_proj: torch.nn.Module
+    heads: int
+    scale: float
+
+    @classmethod
+    def of(cls, layer: torch.nn.Module) -> "ScoredLayer":
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
+        return cls(getattr(layer, "layer_norm1", None) or getattr(layer, "norm1"), attn.q_proj, attn.k_proj,
+                   getattr(attn, "num_heads", None) or attn.num_attention_heads,
+                   getattr(attn, "scaling", None) or attn.scale)
+
+
 class LlavaAdapter(Adapter):
     family = "llava"
 
-    def __init__(self, model, processor, preprocess: str = "auto"):
+    def setup(self, model) -> None:
         cfg, vc = model.config, model.config.vision_config
         self.layers = _encoder_layers(self._image_tower(model))
         feature = cfg.vision_feature_layer
@@ -49,7 +69,7 @@ class LlavaAdapter(Adapter):
         self.n_registers = int(getattr(vc, "num_register_tokens", 0) or 0)   # DINOv2-with-registers
         self.offset = 1 if cfg.vision_feature_select_strategy == "default" else 0   # the LM drops [CLS]
         self.grid = vc.image_size // vc.patch_size
-        super().__init__(model, processor, preprocess)
+        self.scored = {self.vision_layer(): ScoredLayer.of(self.vision_layer())}   # module -> its parts
 
     @staticmethod
     def _image_tower(model) -> torch.nn.Module:
@@ -129,14 +149,10 @@ class LlavaAdapter(Adapter):
                 regs = emergent_registers(x_out.reshape(1, tiles * tokens, -1), cand.view(1, -1), tiles * (tokens - 1),
                                           cfg.kappa, cfg.max_register_frac).view(tiles, tokens)
             source = "emergent"
-        layer = cap.module
-        norm = getattr(layer, "layer_norm1", None) or getattr(layer, "norm1")
-        attn = getattr(layer, "self_attn", None) or getattr(layer, "attention")
-        heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
-        scale = getattr(attn, "scaling", None) or attn.scale
-        h = norm(x_in)
-        q, k = (proj(h).view(tiles, tokens, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj))
-        st = vision_token_stats(q, k, scale, regs, 0, cfg.attn_chunk)
+        layer = self.scored[cap.module]
+        h = layer.norm(x_in)
+        q, k = (proj(h).view(tiles, tokens, layer.heads, -1).transpose(1, 2) for proj in (layer.q_proj, layer.k_proj))
+        st = vision_token_stats(q, k, layer.scale, regs, 0, cfg.attn_chunk)
         host = torch.stack([st.evidence, st.register_attention, st.cls_attention, regs.float(),
                             x_out.float().norm(dim=-1)], dim=-1).cpu()                       # (tiles, T, 5)
         evidence, regs = host[..., 0], host[..., 3].bool()
@@ -217,9 +233,11 @@ class VideoLlavaAdapter(LlavaAdapter):
     family = "video_llava"
     takes_video = True
 
-    def __init__(self, model, processor, preprocess: str = "auto"):
-        super().__init__(model, processor, preprocess)
-        self.video_probe = Probe(_encoder_layers(model.model.video_tower)[self.layer_index])
+    def setup(self, model) -> None:
+        super().setup(model)
+        video_layer = _encoder_layers(model.model.video_tower)[self.layer_index]
+        self.video_probe = Probe(video_layer)
+        self.scored[video_layer] = ScoredLayer.of(video_layer)
 
     @staticmethod
     def _image_tower(model) -> torch.nn.Module:

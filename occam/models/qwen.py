@@ -21,7 +21,8 @@ from transformers.vision_utils import get_vision_window_index
 
 from ..geometry import grid_boxes, scale_to
 from ..types import CapturedLayer, Prepared, VisionOutput, VisionStats
-from .base import Adapter, emergent_registers, rotary_function, vision_token_stats
+from ..registers import emergent_registers
+from .base import Adapter, rotary_function, vision_token_stats
 
 
 class QwenAdapter(Adapter):
@@ -29,11 +30,11 @@ class QwenAdapter(Adapter):
     mrope = True
     takes_video = True
 
-    def __init__(self, model, processor, preprocess: str = "auto"):
+    def setup(self, model) -> None:
         self.visual = model.model.visual
         self.layer_index = len(self.visual.blocks) - 1
         self.merge = self.visual.spatial_merge_size
-        super().__init__(model, processor, preprocess)
+        self.rotate = rotary_function(self.vision_layer().attn, "apply_rotary_pos_emb_vision")   # looked up once
 
     def vision_layer(self) -> torch.nn.Module:
         return self.visual.blocks[self.layer_index]
@@ -134,7 +135,6 @@ class QwenAdapter(Adapter):
         block = cap.module
         attn = block.attn
         cos, sin = cap.kwargs["position_embeddings"]
-        rotate = rotary_function(attn, "apply_rotary_pos_emb_vision")
         # the ViT attends within each temporal patch (one segment for an image): score each segment alone,
         # with its own emergent registers; the window order keeps segments contiguous and in time order
         segments = [int(h) * int(w) for t, h, w in thw.tolist() for _ in range(int(t))] \
@@ -146,7 +146,7 @@ class QwenAdapter(Adapter):
             ones = torch.ones(1, size, dtype=torch.bool, device=x_out.device)
             r = emergent_registers(x_out[sl][None], ones, size, cfg.kappa, cfg.max_register_frac)
             qkv = attn.qkv(block.norm1(x_in[sl])).reshape(size, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
-            q, k = rotate(qkv[0], qkv[1], cos[sl], sin[sl])
+            q, k = self.rotate(qkv[0], qkv[1], cos[sl], sin[sl])
             parts.append(vision_token_stats(q.transpose(0, 1)[None], k.transpose(0, 1)[None], attn.scaling, r, None,
                                             cfg.attn_chunk))
             regs_parts.append(r[0])
