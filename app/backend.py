@@ -31,6 +31,8 @@ from occam import recommended as recommended_mod
 from occam.config import coerce_value, field_types
 from occam.inputs import check_question, open_image
 
+from .render.traces import token_view
+
 log = logging.getLogger("occam.app")
 
 Progress = Callable[[float, str], None]
@@ -687,31 +689,26 @@ def inspect_token(trace: Mapping, j: Any, top: int = 5) -> dict:
                            "grid": grid[j] if j < len(grid) else None, "box": boxes[j] if j < len(boxes) else None,
                            "final": bool((trace.get("kept") or [True] * n)[j]), "stages": [],
                            "method": (trace.get("config") or {}).get("method")}
-    alive = [True] * n
-    for st in trace.get("stages") or []:
-        scores = st.get("scores") or []
-        s = scores[j] if j < len(scores) else None
-        s = None if s is None or (isinstance(s, float) and not math.isfinite(s)) else float(s)
-        regs = [int(r) for r in st.get("registers") or []]
-        kept = bool(st["kept"][j]) if st.get("kept") else alive[j]
-        entered = alive[j]
-        cands = [c for c in st.get("candidates") or [] if alive[c] and c < len(scores) and scores[c] is not None]
+    for sv in token_view(trace).stages:
+        st, scores, regs = sv.stage, sv.scores, sorted(sv.registers)
+        s, kept, entered = scores[j], sv.kept[j], sv.entered[j]
+        cands = [c for c in st.get("candidates") or [] if c < n and sv.entered[c] and scores[c] is not None]
         rank = None
         if s is not None and entered and j in cands:
             rank = 1 + sum(1 for c in cands if scores[c] > s)
         if not entered:
             decision = "dropped at an earlier stage"
-        elif j in regs:
+        elif j in sv.registers:
             decision = "register (reference), " + ("kept" if kept else "dropped")
         else:
             decision = "kept" if kept else "dropped"
-        info = {"stage": st["name"], "label": registry.STAGE_LABELS.get(st["name"], st["name"]), "layer": st.get("layer"),
+        info = {"stage": st["name"], "label": sv.label, "layer": st.get("layer"),
                 "entered": entered, "score": s, "rank": rank, "of": len(cands), "threshold": st.get("threshold"),
                 "threshold_kind": ("relative threshold" if st.get("reference_kind") != "budget"
                                    else "lowest kept score (fixed budget)"),
                 "decision": decision, "rail": st.get("rail"), "reference_kind": st.get("reference_kind"),
                 "reference": st.get("reference"), "registers": regs, "register_source": st.get("register_source"),
-                "is_register": j in regs}
+                "is_register": j in sv.registers}
         merged = st.get("merged_into")
         if merged and j < len(merged) and merged[j] is not None:
             info["merged_into"] = merged[j]
@@ -721,7 +718,6 @@ def inspect_token(trace: Mapping, j: Any, top: int = 5) -> dict:
         if st["name"] in registry.language_stages():
             info["question_tokens"], info["question_note"] = _question_tokens(st, j, top, entered)
         out["stages"].append(info)
-        alive = [bool(k) for k in st["kept"]] if st.get("kept") else alive
     if not out["stages"]:
         out["note"] = "This run has no pruning stage (method none): every token is kept."
     return out

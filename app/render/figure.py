@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from .geometry import _boxless, tile_grids
-from .traces import STAGE_LABELS, VIEWS, _alive_before, _fmt, _score, _threshold_label, as_dict, hover_texts
+from .traces import VIEWS, _fmt, _threshold_label, as_dict, hover_texts, token_view
 from .views import DIM_RGBA, DROPPED_RGBA, EVIDENCE_STOPS, KEPT_RGBA, REGISTER_RGB, _rgb, _rgba, log_scores, log_ticks, view_values
 
 BACKGROUND_MAX_SIDE = 768            # the figure's background image is downscaled to this (display only)
@@ -187,8 +187,8 @@ def all_token_figures(image: Image.Image | None, trace: Any) -> dict[str, go.Fig
 def histogram_figure(trace: Any) -> go.Figure:
     """Histogram of the evidence scores of each scored stage, kept vs dropped, threshold line."""
     trace = as_dict(trace)
-    stages = [st for st in trace.get("stages") or [] if any(_score(st, j) is not None
-                                                           for j in range(trace["num_visual"]))]
+    view = token_view(trace)
+    stages = [sv for sv in view.stages if any(s is not None for s in sv.scores)]
     fig = go.Figure()
     if not stages:
         fig.add_annotation(text="No evidence scores in this run (method none or random).", showarrow=False,
@@ -196,20 +196,20 @@ def histogram_figure(trace: Any) -> go.Figure:
         fig.update_layout(title="Evidence scores", xaxis_visible=False, yaxis_visible=False)
         return fig
     from plotly.subplots import make_subplots
-    titles = [f"{STAGE_LABELS.get(st['name'], st['name'])}: {st['n_in']} → {st['n_out']}"
-              + (f" · {_threshold_label(st)} = {_fmt(st['threshold'])}" if st.get("threshold") is not None else "")
-              for st in stages]
+    titles = [f"{sv.label}: {sv.stage['n_in']} → {sv.stage['n_out']}"
+              + (f" · {_threshold_label(sv.stage)} = {_fmt(sv.stage['threshold'])}"
+                 if sv.stage.get("threshold") is not None else "")
+              for sv in stages]
     # one row per stage (stacked: readable at phone width), log10(s) like the evidence heatmaps
     fig = make_subplots(rows=len(stages), cols=1, subplot_titles=titles, vertical_spacing=0.36 / len(stages))
-    for k, st in enumerate(stages, start=1):
-        alive_before = _alive_before(trace, st)
-        scores = [_score(st, j) for j in range(trace["num_visual"])]
-        logs, centre, half = log_scores(scores, st.get("threshold"))
+    for k, sv in enumerate(stages, start=1):
+        st = sv.stage
+        logs, centre, half = log_scores(list(sv.scores), st.get("threshold"))
         kept_s, dropped_s = [], []
         for j, v in enumerate(logs):
-            if v is None or not alive_before[j] or j in (st.get("registers") or []):
+            if v is None or not sv.entered[j] or j in sv.registers:
                 continue
-            (kept_s if st["kept"][j] else dropped_s).append(v)
+            (kept_s if sv.kept[j] else dropped_s).append(v)
         for vals, label, color in ((kept_s, "kept", "#2ecc71"), (dropped_s, "dropped", "#34495e")):
             fig.add_trace(go.Histogram(x=vals, name=f"{label}", marker_color=color, opacity=0.8, nbinsx=30,
                                        legendgroup=label, showlegend=k == 1, meta={"stage": st["name"]},

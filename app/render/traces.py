@@ -3,6 +3,7 @@ each token's hover text, and the small formatters every panel shares."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from occam import methods as registry
@@ -74,27 +75,23 @@ def _threshold_label(st: Mapping) -> str:
 
 def hover_texts(trace: Mapping) -> list[str]:
     """One hover text per visual token: index, grid position, kind, register flag, per-stage scores."""
-    n = trace["num_visual"]
-    regs = register_set(trace)
-    final = trace.get("kept") or [True] * n
+    view = token_view(trace)
+    regs, final = view.registers, view.final
     texts = []
-    for j in range(n):
+    for j in range(view.n):
         tile, row, col = (list(trace["grid"][j]) + [None] * 3)[:3] if trace.get("grid") else (None,) * 3
         kind = trace["kinds"][j] if trace.get("kinds") else "patch"
         lines = [f"<b>token {j}</b> · {kind} · tile {tile}, row {row}, col {col}"]
         box = trace["boxes"][j] if trace.get("boxes") else None
         lines.append("box " + ("none" if box is None else "[" + ", ".join(f"{v:.0f}" for v in box) + "] px"))
         lines.append(f"register: {'yes (' + regs[j] + ')' if j in regs else 'no'}")
-        alive = True
-        for st in trace.get("stages") or []:
-            label = STAGE_LABELS.get(st["name"], st["name"])
+        for sv in view.stages:
+            st, label = sv.stage, sv.label
             if st.get("layer") is not None and st["name"] in STAGE2_NAMES:
                 label += f" (layer {st['layer']})"
-            kept = bool(st["kept"][j]) if st.get("kept") else alive
-            s = _score(st, j)
-            decision = "kept" if kept else ("dropped" if alive else "dropped earlier")
+            s, decision = sv.scores[j], sv.decision(j)
             if s is None:
-                why = "register" if j in (st.get("registers") or []) else "not scored"
+                why = "register" if j in sv.registers else "not scored"
                 lines.append(f"{label}: {why} → {decision}")
             else:
                 lines.append(f"{label}: s={_fmt(s)} vs {_threshold_label(st)}={_fmt(st.get('threshold'))}"
@@ -105,19 +102,56 @@ def hover_texts(trace: Mapping) -> list[str]:
             ra = st.get("register_attention")
             if ra and ra[j] is not None:
                 lines.append(f"register attention: {_fmt(ra[j])}")
-            alive = kept
         lines.append(f"<b>final: {'kept' if final[j] else 'dropped'}</b>")
         texts.append("<br>".join(lines))
     return texts
 
 
-def _alive_before(trace: Mapping, stage: Mapping) -> list[bool]:
-    alive = [True] * trace["num_visual"]
+@dataclass(frozen=True)
+class StageTokens:
+    """One stage of a trace, token by token: what each visual token faced there."""
+    stage: Mapping                      # the stage's dict in the trace
+    label: str                          # its name on the page ("Stage I", "FastV", ...)
+    entered: tuple[bool, ...]           # present before this stage (not dropped earlier)
+    kept: tuple[bool, ...]              # present after it
+    scores: tuple[float | None, ...]    # its score per token (None: not scored, or not finite)
+    registers: frozenset[int]           # its reference tokens
+
+    @property
+    def name(self) -> str:
+        return self.stage["name"]
+
+    def decision(self, j: int) -> str:
+        """"kept", "dropped" (here) or "dropped earlier"."""
+        return "kept" if self.kept[j] else ("dropped" if self.entered[j] else "dropped earlier")
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """A trace per visual token and per stage: the one walk over its stages that every view reads."""
+    n: int
+    stages: tuple[StageTokens, ...]
+    final: tuple[bool, ...]
+    registers: dict[int, str]           # token -> register source, over every stage
+
+    def of(self, stage: Mapping) -> StageTokens:
+        """The view of one of the trace's stages (by identity, else by name)."""
+        return next((s for s in self.stages if s.stage is stage), None) or \
+            next(s for s in self.stages if s.name == stage["name"])
+
+
+def token_view(trace: Mapping) -> TokenView:
+    """``trace`` (its JSON dict) as a ``TokenView``: which tokens are alive at each stage, their scores."""
+    n = trace["num_visual"]
+    alive = (True,) * n
+    stages = []
     for st in trace.get("stages") or []:
-        if st is stage or st["name"] == stage["name"]:
-            return alive
-        alive = [bool(k) for k in st["kept"]]
-    return alive
+        kept = tuple(bool(k) for k in st["kept"]) if st.get("kept") else alive
+        stages.append(StageTokens(st, STAGE_LABELS.get(st["name"], st["name"]), alive, kept,
+                                  tuple(_score(st, j) for j in range(n)),
+                                  frozenset(int(r) for r in st.get("registers") or [])))
+        alive = kept
+    return TokenView(n, tuple(stages), tuple(bool(k) for k in trace.get("kept") or [True] * n), register_set(trace))
 
 
 def _escape(s: str) -> str:

@@ -7,7 +7,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .traces import VIEWS, STAGE_LABELS, THRESHOLD_SYMBOL, _alive_before, _fmt, _score, _threshold_label, register_set, stage_slots
+from .traces import (STAGE_LABELS, THRESHOLD_SYMBOL, VIEWS, _fmt, _threshold_label, register_set, stage_slots,
+                     token_view)
 
 KEPT_RGBA = (46, 204, 113, 70)       # kept tokens: light green tint
 DROPPED_RGBA = (15, 15, 30, 185)     # dropped tokens: darkened
@@ -78,7 +79,8 @@ def view_values(trace: Mapping, view: str) -> dict:
         return {**base, "values": [1.0 if k else 0.0 for k in st["kept"]],
                 "title": f"{head}: {st['n_in']} → {st['n_out']} tokens"
                          + (f" (rail: {st['rail']})" if st.get("rail") else "")}
-    scores = [_score(st, j) for j in range(n)]
+    sv = token_view(trace).of(st)
+    scores = list(sv.scores)
     finite = [s for s in scores if s is not None]
     thr = st.get("threshold")
     if not finite:
@@ -87,14 +89,12 @@ def view_values(trace: Mapping, view: str) -> dict:
     ref = st.get("reference_kind")
     what = "s = e/ρ" if st["name"] in THRESHOLD_SYMBOL and ref != "budget" else "score"
     thr_txt = f"{_threshold_label(st)} = {_fmt(thr)}"
-    alive = _alive_before(trace, st)
     logs, centre, half = log_scores(scores, thr)
-    kept_here = st.get("kept") or [True] * n
     return {"kind": "continuous", "values": logs, "scores": scores, "zmin": centre - half, "zmax": centre + half,
             "zmid": centre, "colorscale": EVIDENCE_COLORSCALE, "colorbar": what, "registers": sorted(regs),
             "threshold": thr, "threshold_label": _threshold_label(st), "log": True,
-            "earlier": [j for j in range(n) if not alive[j]],
-            "dropped": [j for j in range(n) if alive[j] and not kept_here[j]],
+            "earlier": [j for j in range(n) if not sv.entered[j]],
+            "dropped": [j for j in range(n) if sv.decision(j) == "dropped"],
             "title": f"{name} evidence" + (head[len(name):] if head.startswith(name) else "") + f"<br><sup>{what} on a log scale, centred on the threshold {thr_txt} "
                      f"(reference: {ref})</sup>"}
 
