@@ -109,6 +109,7 @@ class Request:
     lengths: list = field(default_factory=list)   # tokens per decoder layer in the prefill
     logits: torch.Tensor | None = None    # (V,) first-token logits
     tokens: list = field(default_factory=list)
+    query: tuple | None = None            # Stage II's (query token ids (R,), attention (R, N)) until finish()
 
 
 def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: list[OccamConfig],
@@ -206,9 +207,10 @@ def finish(ad: Adapter, r: Request, segments, batch_size: int, kv_cache, decoder
     trace, vis, keep = r.trace, r.vis, r.keep
     trace.kv_cache_bytes = sum(r.lengths) * kv_bytes_per_token(ad)      # the prefill's cache, as in the speed bench
     trace.stages = [s for s in (r.stage1, r.stage2) if s is not None]
-    if r.stage2 is not None:
-        r.stage2.query_attention = _floats(r.stage2.query_attention, digits=4)
-        r.stage2.query_tokens = ad.token_texts(r.stage2.query_tokens)
+    if r.stage2 is not None:        # formatted after the timed part
+        ids, attention = r.query
+        r.stage2.query_attention = _floats(attention, digits=4)
+        r.stage2.query_tokens = ad.token_texts(ids)
     empty = next((s.name for s in trace.stages if s.content_left == 0), None)
     trace.flags = {"no_content": empty} if empty else {}
     n_final = int(keep.sum())
@@ -284,7 +286,7 @@ def prefill(ad: Adapter, batch: list[Request], max_new_tokens: int, segments=Non
         for r in batch:
             if r.cut_at == start:
                 r.clock.last = r.clock.now()
-                keep2, r.stage2 = stage2(ad, start, r.seq, r.vis.n, r.stats, r.cfg)
+                keep2, r.stage2, r.query = stage2(ad, start, r.seq, r.vis.n, r.stats, r.cfg)
                 r.seq.cut(keep2)
                 r.keep = torch.zeros_like(r.keep)
                 r.keep[r.seq.vis_ids.cpu()] = True
@@ -339,8 +341,11 @@ def layers(ad: Adapter, start: int, stop: int, batch: list[Request], cache: Batc
 
 
 def stage2(ad: Adapter, i: int, seq: Sequence, n: int, stats: VisionStats | None,
-           cfg: OccamConfig) -> tuple[torch.Tensor, StageTrace]:
-    """Stage II (or FastV) scores from decoder layer i's own q and k: only the query rows are computed."""
+           cfg: OccamConfig) -> tuple[torch.Tensor, StageTrace, tuple[torch.Tensor, torch.Tensor]]:
+    """Stage II (or FastV) scores from decoder layer i's own q and k: only the query rows are computed.
+
+    Returns (keep (n_vis,), the stage's trace, (query token ids (R,), their attention (R, n))): the last
+    two become the trace's text and lists in ``finish``, after the timed part."""
     method = cfg.spec
     rope = ad.rope(seq.h, seq.pos)
     n_seq = seq.h.shape[1]
@@ -359,9 +364,7 @@ def stage2(ad: Adapter, i: int, seq: Sequence, n: int, stats: VisionStats | None
     keep, trace = method.stage2(attention, vis_ids, n, stats, sinks, cfg, i)
     full = torch.full((n_rows, n), float("nan"))
     full[:, vis_ids] = per_row
-    trace.query_tokens = seq.ids[rows]    # token ids until the request is timed; finish() makes them texts
-    trace.query_attention = full          # a tensor until the request is timed; finish() makes it a list
-    return keep, trace
+    return keep, trace, (seq.ids[rows], full)
 
 
 SYNC_EVERY = 8   # decode steps between reads of the stop flags (the only host syncs of the loop)
