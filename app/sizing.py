@@ -44,14 +44,27 @@ def rss_mib(pid: int) -> float:
 
 
 class Server:
-    """``python app.py`` on 127.0.0.1:<free port>, stopped on exit."""
+    """``python app.py`` on 127.0.0.1:<free port>, stopped on exit.
 
-    def __init__(self, concurrency: int, queue: int, timeout: float = 180.0):
+    ``concurrency`` / ``queue``: $OCCAM_APP_CONCURRENCY / $OCCAM_APP_QUEUE (None: the app's shipped
+    defaults); ``env``: more environment (e.g. the batcher's settings); ``repo``: the checkout to serve
+    (another version in a git worktree, for side-by-side runs)."""
+
+    def __init__(self, concurrency: int | None = None, queue: int | None = None, timeout: float = 180.0,
+                 env: dict | None = None, repo: Path | str = REPO):
         self.port = free_port()
-        env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port),
-                   OCCAM_APP_CONCURRENCY=str(concurrency), OCCAM_APP_QUEUE=str(queue),
-                   OCCAM_APP_CACHE_EXAMPLES="0", GRADIO_ANALYTICS_ENABLED="False")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        self.repo = Path(repo)
+        env_ = {k: v for k, v in os.environ.items() if not k.startswith("OCCAM_APP_") and k != "PYTHONPATH"}
+        env_.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port), OCCAM_APP_CACHE_EXAMPLES="0",
+                    GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(self.repo))
+        if os.environ.get("OCCAM_APP_MODEL"):
+            env_["OCCAM_APP_MODEL"] = os.environ["OCCAM_APP_MODEL"]
+        if concurrency is not None:
+            env_["OCCAM_APP_CONCURRENCY"] = str(concurrency)
+        if queue is not None:
+            env_["OCCAM_APP_QUEUE"] = str(queue)
+        env_.update({k: str(v) for k, v in (env or {}).items()})
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=self.repo, env=env_, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}/"
         deadline = time.time() + timeout
