@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -78,8 +79,22 @@ def serial_answers(url: str, pairs: set, model: str | None) -> tuple[dict, list[
     return out, lat
 
 
-def burst(url: str, clients: int, per_client: int, expected: dict, model: str | None, timeout: float) -> dict:
-    """``clients`` concurrent clients x ``per_client`` requests each; compared with ``expected``."""
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def burst(url: str, clients: int, per_client: int, expected: dict, model: str | None, timeout: float,
+          pid: int | None = None) -> dict:
+    """``clients`` concurrent clients x ``per_client`` requests each; compared with ``expected``.
+    ``pid``: the server's process, whose CPU time over the burst is reported per answered request."""
     from gradio_client import Client
     plan = requests_for(clients, per_client)
     results: dict = {}
@@ -120,17 +135,18 @@ def burst(url: str, clients: int, per_client: int, expected: dict, model: str | 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
     [t.start() for t in threads]
     ready.wait(timeout=timeout)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s(pid)
     deadline[0] = time.time() + timeout
     for t in threads:
         t.join(timeout=max(0.0, deadline[0] - time.time()))
-    wall = time.perf_counter() - t0
+    wall, c1 = time.perf_counter() - t0, cpu_s(pid)
     ok = sum(1 for v in results.values() if v == "ok")
     bad = [v for v in results.values() if v != "ok"]
     return {"requests": clients * per_client, "answered": len(results), "equal": ok, "failures": bad[:5],
             "n_failures": len(bad) + clients * per_client - len(results), "wall_s": wall,
             "rate": ok / wall if wall else None, "p50": pct(lat, 50), "p95": pct(lat, 95),
-            "batch_mean": statistics.mean(batches) if batches else None, "batch_max": max(batches, default=None)}
+            "batch_mean": statistics.mean(batches) if batches else None, "batch_max": max(batches, default=None),
+            "server_cpu_per_request": (c1 - c0) / ok if ok and c0 is not None and c1 is not None else None}
 
 
 def describe(repo: Path) -> str:
@@ -157,7 +173,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.clients < 1 or args.per_client < 1 or args.rounds < 1:
         p.error("--clients, --per-client and --rounds must be >= 1")
-    import os
     versions = [("this checkout", REPO)] + ([("old", Path(args.old).resolve())] if args.old else [])
     pairs = set(requests_for(args.clients, args.per_client).values())
     servers, report = {}, {"clients": args.clients, "per_client": args.per_client, "cores": os.cpu_count(),
@@ -172,31 +187,37 @@ def main(argv=None) -> dict:
         for r in range(args.rounds):
             for name, _ in reversed(versions):       # the old one first in every round
                 v = report["versions"][name]
-                res = burst(servers[name].url, args.clients, args.per_client, v["expected"], args.model, args.timeout)
+                res = burst(servers[name].url, args.clients, args.per_client, v["expected"], args.model, args.timeout,
+                            servers[name].proc.pid)
                 v["bursts"].append(res)
                 print(f"round {r + 1} {name}: {res['equal']}/{res['requests']} equal to serial, "
                       f"{res['rate']:.2f} req/s, p50 {res['p50'] or float('nan'):.2f} s, "
-                      f"p95 {res['p95'] or float('nan'):.2f} s, failures {res['n_failures']}", flush=True)
+                      f"p95 {res['p95'] or float('nan'):.2f} s, server CPU {res['server_cpu_per_request'] or float('nan'):.3f} "
+                      f"s/request, failures {res['n_failures']}", flush=True)
     finally:
         for s in servers.values():
             s.stop()
     lines = [f"{args.clients} clients x {args.per_client} /compare requests, {len(pairs)} distinct requests "
              f"({len(VARIANTS)} settings x {len(INPUTS)} images), {os.cpu_count()} CPU cores", "",
              "| version | round | equal to serial | req/s | p50 latency s | p95 latency s | timed runs' batch mean / max "
-             "| serial req/s (one at a time) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| server CPU s / request | serial req/s (one at a time) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in report["versions"].items():
         for r, b in enumerate(v["bursts"]):
             bm = "–" if b["batch_mean"] is None else f"{b['batch_mean']:.1f} / {b['batch_max']}"
             lines.append(f"| {name}: {v['commit']} | {r + 1} | {b['equal']}/{b['requests']} | {b['rate']:.2f} | "
                          f"{b['p50'] or float('nan'):.2f} | {b['p95'] or float('nan'):.2f} | {bm} | "
-                         f"{v['serial_rate']:.2f} |")
+                         f"{b['server_cpu_per_request'] or float('nan'):.3f} | {v['serial_rate']:.2f} |")
         v.pop("expected")
     if args.old:
         new = [b["rate"] for b in report["versions"]["this checkout"]["bursts"]]
         old = [b["rate"] for b in report["versions"]["old"]["bursts"]]
         ratios = [n / o for n, o in zip(new, old) if o]
         report["ratio"] = ratios
-        lines += ["", "Throughput, this checkout / old, per round: " + ", ".join(f"{x:.2f}x" for x in ratios)]
+        cpu = lambda n: [b["server_cpu_per_request"] for b in report["versions"][n]["bursts"]]  # noqa: E731
+        cpu_ratio = [o / n for n, o in zip(cpu("this checkout"), cpu("old")) if n and o]
+        report["cpu_ratio"] = cpu_ratio
+        lines += ["", "Throughput, this checkout / old, per round: " + ", ".join(f"{x:.2f}x" for x in ratios)
+                  + "; server CPU per request, old / this checkout: " + ", ".join(f"{x:.2f}x" for x in cpu_ratio)]
     text = "\n".join(lines)
     print(text)
     report["table"] = text
