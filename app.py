@@ -1,8 +1,11 @@
 """Entry point: ``python app.py`` launches the OccamToken web app (Hugging Face Spaces runs this file).
 
 Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (where to listen; default 127.0.0.1:7860),
-OCCAM_APP_MODEL (model served first, default "toy"), OCCAM_APP_CONCURRENCY (parallel runs, default 2),
-OCCAM_APP_QUEUE (waiting requests before "queue full", default 256; sizing in docs/load.md),
+OCCAM_APP_MODEL (model served first, default "toy"), OCCAM_APP_CONCURRENCY (requests in progress at
+once, default 32; 2 with batching off), OCCAM_APP_QUEUE (waiting requests before "queue full", default 256),
+OCCAM_APP_BATCH_WINDOW_MS / OCCAM_APP_MAX_BATCH (runs of concurrent requests answered together: how long
+the oldest waits for company, how many at most; OCCAM_APP_MAX_BATCH=1 turns batching off; app/batcher.py;
+sizing in docs/load.md),
 OCCAM_APP_PRELOAD=0 (do not load the default model at start), OCCAM_APP_CACHE_EXAMPLES (lazy|eager|0).
 """
 from __future__ import annotations

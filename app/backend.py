@@ -1,7 +1,8 @@
 """The app's backend: settings -> OccamConfig, a thread-safe model cache, measured runs, comparisons.
 
 Nothing here imports gradio. Every request carries its own ``Settings``; the only shared state is
-the model cache (a loaded model serves concurrent requests with different configs, see occam.VLM).
+the model cache (a loaded model serves concurrent requests with different configs, see occam.VLM)
+and each loaded model's batcher (app/batcher.py: concurrent runs of a model answered together).
 Bad input raises ``ValueError`` (or ``ModelLoadError``) with a message a person can act on.
 
 Settings = the app's own few settings (``APP_SETTINGS``: model, target retention, where the
@@ -31,6 +32,7 @@ from occam import recommended as recommended_mod
 from occam.config import coerce_value, field_types
 from occam.inputs import check_question, open_image
 
+from .batcher import batched, request, together
 from .render.traces import token_view
 
 log = logging.getLogger("occam.app")
@@ -425,11 +427,13 @@ def measure(vlm: Any, img: Any, question: str, full_cfg: occam.OccamConfig, cfg:
 
     Returns the last full and pruned results (greedy decoding: every run gives the same answer) and
     the timing summary: per run kind, median / min / max of each timing over the ``repeats`` runs,
-    and per pair the full / pruned ratio of prefill and total time (median / min / max).
+    and per pair the full / pruned ratio of prefill and total time (median / min / max), and the size
+    of the batch each timed run ran in (``batch``: 1 = alone; the app batches concurrent visitors, see
+    app/batcher.py). The warm-up pair runs as one batch; the timed runs one after another.
     """
     gen = lambda c: vlm.generate(img, question, config=c, max_new_tokens=max_new_tokens)  # noqa: E731
     progress(0.3, "warm-up (full and pruned, not timed) ...")
-    full, pruned = gen(full_cfg), gen(cfg)
+    full, pruned = together(vlm, [(img, question, full_cfg), (img, question, cfg)], max_new_tokens)
     texts = {(full.text, pruned.text)}
     runs: dict[str, list[dict]] = {"full": [], "pruned": []}
     for i in range(repeats):
@@ -437,7 +441,7 @@ def measure(vlm: Any, img: Any, question: str, full_cfg: occam.OccamConfig, cfg:
         order = ("full", "pruned") if i % 2 == 0 else ("pruned", "full")
         for kind in order:
             res = gen(full_cfg if kind == "full" else cfg)
-            runs[kind].append(dict(res.trace.timings))
+            runs[kind].append(dict(res.trace.timings, batch=(res.trace.sequence or {}).get("batch_size", 1)))
             if kind == "full":
                 full = res
             else:
@@ -450,8 +454,16 @@ def measure(vlm: Any, img: Any, question: str, full_cfg: occam.OccamConfig, cfg:
     timing = {"n": repeats, "warmup": 1, "order": "alternating (full, pruned), (pruned, full), ...",
               "full": {k: _spread([r.get(k) for r in runs["full"]]) for k in TIMED},
               "pruned": {k: _spread([r.get(k) for r in runs["pruned"]]) for k in TIMED},
-              "ratio": {"prefill": _spread(ratio("prefill_s")), "total": _spread(ratio("total_s"))}}
+              "ratio": {"prefill": _spread(ratio("prefill_s")), "total": _spread(ratio("total_s"))},
+              "batch": batch_sizes(runs)}
     return full, pruned, timing
+
+
+def batch_sizes(runs: Mapping[str, list[dict]]) -> dict:
+    """The batch size of every timed run (1 = it ran alone) and whether all of them ran alone."""
+    sizes = {kind: [int(r.get("batch") or 1) for r in rs] for kind, rs in runs.items()}
+    every = [n for ns in sizes.values() for n in ns]
+    return {**sizes, "alone": all(n == 1 for n in every), "max": max(every, default=1)}
 
 
 def estimates(full_trace: Any, pruned_trace: Any) -> dict:
@@ -499,7 +511,7 @@ class Comparison:
     def speedup(self) -> dict:
         """Measured (median of n timed pairs after a warm-up, with min-max) and estimated ratios."""
         return {"measured": {"n": self.timing.get("n"), "warmup": self.timing.get("warmup"),
-                             **(self.timing.get("ratio") or {})},
+                             **(self.timing.get("ratio") or {}), "batch": self.timing.get("batch")},
                 "estimated": {k: v for k, v in estimates(self.full.trace, self.pruned.trace).items()
                               if k in ("flops", "kv_cache")}}
 
@@ -511,6 +523,7 @@ class Comparison:
                 "estimates": estimates(self.full.trace, self.pruned.trace)}
 
 
+@request
 def run_compare(image: Any, question: Any, settings: Mapping | Settings | str | None = None,
                 progress: Progress | None = None, cache: ModelCache | None = None,
                 reference: Any = None) -> Comparison:
@@ -520,7 +533,7 @@ def run_compare(image: Any, question: Any, settings: Mapping | Settings | str | 
     s = parse_settings(settings)
     ref = check_reference(reference)
     img, q = load_inputs(image, question)
-    vlm = cache.get(s.model, progress)
+    vlm = batched(cache.get(s.model, progress))
     if s.config.spec.thresholded and s.thresholds == "this input":
         progress(0.15, f"calibrating α/β to {100 * s.target_retention:.0f}% retention on this input ...")
     cfg, budget = resolve_budget(s, vlm, img, q)
@@ -542,6 +555,7 @@ class MethodRuns:
         return self.data
 
 
+@request
 def run_methods(image: Any, question: Any, settings: Mapping | Settings | str | None = None,
                 progress: Progress | None = None, cache: ModelCache | None = None,
                 reference: Any = None, methods: tuple[str, ...] = COMPARED_METHODS) -> MethodRuns:
@@ -559,7 +573,7 @@ def run_methods(image: Any, question: Any, settings: Mapping | Settings | str | 
     if bad or not methods:
         raise ValueError(f"Methods {bad} are invalid: accepted {', '.join(COMPARED_METHODS)}.")
     img, q = load_inputs(image, question)
-    vlm = cache.get(s.model, progress)
+    vlm = batched(cache.get(s.model, progress))
     t = s.target_retention
     progress(0.1, "full model (method none) ...")
     full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
@@ -615,6 +629,7 @@ def parse_sweep_values(values: Any, param: str) -> list[float]:
     return out
 
 
+@request
 def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | None, param: str, values: Any,
               progress: Progress | None = None, cache: ModelCache | None = None) -> dict:
     """Answers and kept-token counts of the pruned run across a range of alpha / beta / target retention.
@@ -633,7 +648,7 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
         raise ValueError(f"Sweeping {param} needs method 'occam' ({s.method!r} has a fixed budget): "
                          "sweep 'target retention' instead.")
     img, q = load_inputs(image, question)
-    vlm = cache.get(s.model, progress)
+    vlm = batched(cache.get(s.model, progress))
     progress(0.05, "full model (method none) ...")
     full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
     base = None if param == "target retention" else resolve_budget(s, vlm, img, q)[0]

@@ -475,15 +475,19 @@ def _cache_examples_setting() -> tuple[bool, str | None]:
 
 
 # Queue sizing, from docs/load.md (measured on the toy model, 2-core CPU): see queue_limits().
-DEFAULT_CONCURRENCY = 2
+DEFAULT_CONCURRENCY = 32          # requests in progress at once; their runs meet in the model's batcher
+UNBATCHED_CONCURRENCY = 2         # with batching off ($OCCAM_APP_MAX_BATCH=1): runs in parallel = CPU cores
 DEFAULT_QUEUE = 256
 
 
 def queue_limits() -> tuple[int, int]:
-    """(concurrent runs, queue size) from $OCCAM_APP_CONCURRENCY / $OCCAM_APP_QUEUE, else the defaults
-    sized in docs/load.md: runs in parallel = CPU cores (2 here; more only adds contention), a queue
-    bounded so that a full queue waits minutes, not hours, and holds little memory."""
-    limit = max(1, int(os.environ.get("OCCAM_APP_CONCURRENCY", DEFAULT_CONCURRENCY)))
+    """(concurrent requests, queue size) from $OCCAM_APP_CONCURRENCY / $OCCAM_APP_QUEUE, else the defaults
+    sized in docs/load.md: enough requests in progress at once that their runs fill the model's batches
+    (app/batcher.py; 2 = the CPU cores when batching is off), a queue bounded so that a full queue waits
+    minutes, not hours, and holds little memory."""
+    from .batcher import batching_on
+    default = DEFAULT_CONCURRENCY if batching_on() else UNBATCHED_CONCURRENCY
+    limit = max(1, int(os.environ.get("OCCAM_APP_CONCURRENCY", default)))
     size = max(1, int(os.environ.get("OCCAM_APP_QUEUE", DEFAULT_QUEUE)))
     return limit, size
 

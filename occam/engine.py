@@ -367,12 +367,19 @@ def stage2(ad: Adapter, i: int, seq: Sequence, n: int, stats: VisionStats | None
     return keep, trace, (seq.ids[rows], full)
 
 
-SYNC_EVERY = 8   # decode steps between reads of the stop flags (the only host syncs of the loop)
+SYNC_EVERY = 8   # decode steps between reads of the stop flags on a GPU (the only host syncs of the loop)
+
+
+def sync_every(device: torch.device, decoder=None) -> int:
+    """Decode steps between reads of the stop flags: ``SYNC_EVERY`` on a GPU (a read waits for the device);
+    every step for eager decoding on the CPU, where a read costs nothing and a batch whose requests have all
+    stopped should not run up to SYNC_EVERY - 1 more steps of the whole model (short answers: most of it)."""
+    return 1 if torch.device(device).type == "cpu" and decoder is None else SYNC_EVERY
 
 
 def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens: int, decoder=None) -> None:
     """Greedy decoding of the whole batch on its cache; each request's new tokens continue from its largest
-    prompt position + 1. Stop flags stay on the device and are read every ``SYNC_EVERY`` steps; rows of
+    prompt position + 1. Stop flags stay on the device and are read every ``sync_every`` steps; rows of
     finished requests are then dropped, so a finished request stops costing work.
 
     ``decoder``: None for eager steps on ``cache`` (the reference), or a static-shape / CUDA-graph step
@@ -389,6 +396,7 @@ def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens:
     steps = torch.full((len(batch),), max_new_tokens, dtype=torch.long, device=dev)   # tokens each produced
     done = torch.zeros(len(batch), dtype=torch.bool, device=dev)
     state = None
+    every = sync_every(dev, decoder)
     if decoder is not None and max_new_tokens > 1:
         state = decoder.acquire(cache, logits.argmax(dim=-1), pos)
         cache.keys = cache.values = None                              # the state holds them now
@@ -404,7 +412,7 @@ def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens:
             done[rows] |= stop
             if step == max_new_tokens - 1:
                 break
-            if (step + 1) % SYNC_EVERY == 0:
+            if (step + 1) % every == 0:
                 alive = ~done[rows].cpu()
                 if not alive.any():
                     break

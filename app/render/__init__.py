@@ -29,8 +29,8 @@ from .geometry import tile_grids
 from .inspector import inspector_markdown
 from .method_grid import METHOD_COLUMNS, METHOD_GRID_CSS, method_grid_html, method_table
 from .overlay import overlay_image, png_data_uri
-from .panels import (agreement_markdown, budget_markdown, flag_warnings, run_summary_markdown, speedup_markdown,
-                     stats_markdown)
+from .panels import (agreement_markdown, batch_note, budget_markdown, flag_warnings, run_summary_markdown,
+                     speedup_markdown, stats_markdown)
 from .sweep import SWEEP_COLUMNS, sweep_figure, sweep_summary_markdown, sweep_table
 from .traces import (STAGE1_NAMES, STAGE2_NAMES, STAGE_LABELS, THRESHOLD_SYMBOL, VIEW_TITLES, VIEWS, StageTokens,
                      TokenView, as_dict, hover_texts, register_set, stage_slots, token_view)
@@ -42,8 +42,9 @@ __all__ = [
     "EVIDENCE_STOPS", "KEPT_RGBA", "METHOD_COLUMNS", "METHOD_GRID_CSS", "REGISTER_RGB", "STAGE1_NAMES",
     "STAGE2_NAMES", "STAGE_LABELS", "STRIP_SIDE_FRAC", "SWEEP_COLUMNS", "THRESHOLD_SYMBOL", "StageTokens",
     "TokenView", "VIEWS", "VIEW_TITLES",
-    "agreement_markdown", "all_token_figures", "as_dict", "budget_markdown", "flag_warnings", "histogram_figure",
-    "hover_texts", "image_data_uri", "inspector_markdown", "log_scores", "log_ticks", "method_grid_html",
+    "agreement_markdown", "all_token_figures", "as_dict", "batch_note", "budget_markdown", "flag_warnings",
+    "histogram_figure", "hover_texts", "image_data_uri", "inspector_markdown", "log_scores", "log_ticks",
+    "method_grid_html",
     "method_table", "overlay_image", "png_data_uri", "register_set", "run_summary_markdown", "speedup_markdown",
     "stage_slots", "stats_markdown", "sweep_figure", "sweep_summary_markdown", "sweep_table", "tile_grids",
     "token_figure", "token_view", "view_values",

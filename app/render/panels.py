@@ -69,9 +69,22 @@ def speedup_markdown(speedup: Mapping) -> str:
     n = m.get("n")
     return (f"**Measured speed-up (full ÷ pruned):** prefill {measured('prefill')} · total {measured('total')} — "
             f"median of {n} timed pair{'s' if n != 1 else ''} after {m.get('warmup', 0)} warm-up, order alternated, "
-            f"on this server (other requests running at the same time slow both sides).  \n"
+            f"on this server (other requests running at the same time slow both sides). {batch_note(m.get('batch'))}  \n"
             f"**Estimated from token counts (not measured):** prefill FLOPs {x(e.get('flops'))} fewer · "
             f"KV cache {x(e.get('kv_cache'))} smaller")
+
+
+def batch_note(batch: Mapping | None) -> str:
+    """Whether the timed runs ran alone or inside batches with other visitors' runs (app/batcher.py)."""
+    if not batch:
+        return ""
+    if batch.get("alone"):
+        return "Every timed run ran alone (a batch of 1)."
+    span = lambda ns: "–" if not ns else (f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}")  # noqa: E731
+    return (f"**Timed inside batches** shared with other requests (batch of n: full {span(batch.get('full'))}, "
+            f"pruned {span(batch.get('pruned'))}): a batch's steps take as long as its slowest member, so this ratio "
+            "is the batch's, not pruning's alone; run again when the server is quiet for a timing alone. The "
+            "estimates below do not depend on batching.")
 
 
 def agreement_markdown(agreement: Mapping) -> str:

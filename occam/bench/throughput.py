@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = variants(vlm, args.methods, args.retentions, list(zip(calib_images, calib_questions)))
     report = {"model": vlm.name, "args": vars(args), "rows": [],
               "command": "python -m occam.bench throughput " + " ".join(sys.argv[1:] if argv is None else argv),
-              "sync_every": engine.SYNC_EVERY, "decode_path": getattr(vlm.decoder, "name", "eager"),
+              "sync_every": engine.sync_every(vlm.adapter.device, vlm.decoder), "decode_path": getattr(vlm.decoder, "name", "eager"),
               "prefill_path": getattr(vlm.segments, "name", "eager"),
               "torch_threads": torch.get_num_threads(), "configs": {label: c.to_dict() for label, c in rows}}
     for b in args.batch_sizes:
