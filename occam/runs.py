@@ -300,7 +300,9 @@ def execute(spec: Spec, folder: str | Path, vlm=None, progress: Progress | None 
         _write_json(mpath, manifest)
     cfgs = {k: occam.OccamConfig(**d) for k, d in configs.items()}
     max_new, until = source.gen_kwargs()
-    done = {(r["sample"], r["key"]) for r in (_read_jsonl(folder / ROWS) if (folder / ROWS).is_file() else [])}
+    kept_rows = _read_jsonl(folder / ROWS) if (folder / ROWS).is_file() else []
+    (folder / ROWS).write_text("".join(json.dumps(r) + "\n" for r in kept_rows))   # drops a line cut short
+    done = {(r["sample"], r["key"]) for r in kept_rows}
     todo = [(i, k) for i in range(len(items)) for k, _, _ in spec.keys if (i, k) not in done]
     total = len(items) * len(spec.keys)
     with open(folder / ROWS, "a") as out:
