@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import gradio as gr
+
 import occam
 from occam import runs as lib
 from occam.methods import PRUNING_METHODS
@@ -168,7 +170,9 @@ def api_runs(path: Any = "", spec: Any = None) -> dict:
 
 # -- a sample, from its saved traces, in the Image tab -------------------------------------------------------
 def _result(text: str | None, trace: dict) -> occam.Result:
-    return occam.Result(text=text or "", token_ids=[], trace=occam.Trace.from_dict(trace), logits=None)
+    """A saved answer and trace as a Result; its timings are dropped (a batch's, not this request's own)."""
+    return occam.Result(text=text or "", token_ids=[], trace=occam.Trace.from_dict({**trace, "timings": {}}),
+                        logits=None)
 
 
 def saved_comparison(run: lib.Run, sample: int, key: str) -> tuple[backend.Comparison | None, dict | None, str]:
@@ -184,7 +188,7 @@ def saved_comparison(run: lib.Run, sample: int, key: str) -> tuple[backend.Compa
     image = run.image(sample)
     cfg = occam.OccamConfig(**chosen["config"])
     settings = backend.Settings(model=str(run.manifest.get("model")), target_retention=chosen["target"], config=cfg)
-    note = (f"saved run {run.folder.name}, sample {sample}, {key}: "
+    note = (f"saved run {run.folder.name}, sample {sample}, {chosen['method']} at {100 * chosen['target']:g}%: "
             + (f"α = {cfg.alpha:.4g}, β = {cfg.beta:.4g} ({run.manifest['spec']['budget']} to "
                f"{100 * chosen['target']:g}% on average)" if cfg.spec.thresholded else
                f"fixed budget of {100 * chosen['target']:g}% of the visual tokens"))
@@ -228,12 +232,11 @@ class RunsTab:
         self.c = components
 
     def open_in_image_tab(self, tabs, image_tab_id: str, inputs: list, outputs: list, methods_outputs: list,
-                          to_outputs: Callable, write_file: Callable) -> None:
+                          to_outputs: Callable, write_file: Callable, settings: list) -> None:
         """A click on a sample row: the Image tab shows that sample (inputs: image, question, reference;
         ``outputs``: what ``to_outputs(comparison)`` fills; ``methods_outputs``: the method comparison's grid,
-        table and file) from the saved traces, and is selected."""
-        import gradio as gr
-
+        table and file; ``settings``: its method and target retention controls) from the saved traces, and is
+        selected."""
         c = self.c
         n_out = len(outputs)
         speed_at = 6      # comparison_outputs' order: answers and panels (0-5), then the speed-up line
@@ -248,26 +251,30 @@ class RunsTab:
             comp, methods, note = saved_comparison(run, sample, key)
             s = run.samples[sample]
             if comp is None:
-                msg = (f"Sample {sample} ({key}) opened in the Image tab with its question; {note}: press "
+                msg = (f"Sample {sample} (`{key}`) opened in the Image tab with its question; {note}: press "
                        "**Compare full vs pruned** there to re-run it.")
                 img = run.image(sample)
+                k = next((k for k in run.keys if k["key"] == key), {})
+                chosen = [k.get("method") if k.get("method") in occam.METHODS else gr.update(),
+                          k.get("target") or gr.update()]
                 return (gr.Tabs(selected=image_tab_id), img, s.get("question"), s.get("answer"),
-                        *[gr.update()] * n_out, *[gr.update()] * len(methods_outputs), msg)
+                        *[gr.update()] * n_out, *[gr.update()] * len(methods_outputs), *chosen, msg)
             outs = list(to_outputs(comp))
             outs[speed_at] = saved_speed_markdown(comp)
             from .render import method_grid_html, method_table
             grid = [method_grid_html(comp.image, methods), method_table(methods), write_file(methods, "occam_methods")]
-            msg = f"Opened sample {sample} ({key}) in the Image tab from its saved traces ({note})."
-            return (gr.Tabs(selected=image_tab_id), comp.image, comp.question, s.get("answer"), *outs, *grid, msg)
+            msg = (f"Opened sample {sample} (`{key}`) in the Image tab from its saved traces; its method and target are "
+                   "set there, so **Compare full vs pruned** re-runs it (occam: with the α/β that tab resolves).")
+            chosen = [comp.config.method, comp.settings.target_retention]
+            return (gr.Tabs(selected=image_tab_id), comp.image, comp.question, s.get("answer"), *outs, *grid, *chosen,
+                    msg)
 
-        c["table"].select(on_select, [c["path"]], [tabs, *inputs, *outputs, *methods_outputs, c["message"]],
+        c["table"].select(on_select, [c["path"]], [tabs, *inputs, *outputs, *methods_outputs, *settings, c["message"]],
                           api_visibility="private")
 
 
 def build_runs_tab() -> RunsTab:
     """The "Runs" tab; call inside the app's top-level ``gr.Tabs`` (app/ui.py does), then ``open_in_image_tab``."""
-    import gradio as gr
-
     c: dict[str, Any] = {}
     pub = public_mode()
     with gr.Tab("Runs", elem_id="runs-tab"):
@@ -309,7 +316,6 @@ def build_runs_tab() -> RunsTab:
                     open_btn = gr.Button("Open", variant="primary", elem_id="runs-open")
                 message = gr.Markdown("", elem_id="runs-message")
             with gr.Column(scale=3, min_width=420):
-                summary = gr.Markdown("", elem_id="runs-summary")
                 with gr.Tabs():
                     with gr.Tab("Accuracy vs retention"):
                         fig_ret = gr.Plot(elem_id="runs-plot-retention", show_label=False)
@@ -320,6 +326,7 @@ def build_runs_tab() -> RunsTab:
                     with gr.Tab("Kept tokens vs scene content"):
                         fig_content = gr.Plot(elem_id="runs-plot-content", show_label=False)
                         fig_objects = gr.Plot(elem_id="runs-plot-objects", show_label=False)
+        summary = gr.Markdown("", elem_id="runs-summary")
         path = gr.State("")
         with gr.Row(elem_id="runs-filters"):
             f_changed = gr.Checkbox(False, label="answer changed", elem_id="runs-f-changed")
@@ -332,7 +339,12 @@ def build_runs_tab() -> RunsTab:
         table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=480, elem_id="runs-table")
         with gr.Row():
             export_btn = gr.Button("Export the filtered table (CSV)", elem_id="runs-export")
-            csv_file = gr.File(label="CSV", elem_id="runs-csv")
+            csv_file = gr.File(label="CSV", height=80, elem_id="runs-csv")
+        with gr.Row(visible=False):   # the /runs API endpoint's inputs and output
+            api_path = gr.Textbox("", label="path")
+            api_spec = gr.JSON(value={}, label="spec")
+            api_out = gr.JSON(label="run")
+            api_btn = gr.Button("api runs")
 
     spec_inputs = [source, n, seed, methods, retentions, budget, calib, task, include]
     filters = [f_changed, f_wrong, f_methods, f_types, f_buckets, f_sort, f_desc]
@@ -416,11 +428,6 @@ def build_runs_tab() -> RunsTab:
     for f in filters:
         f.change(on_filter, [path, *filters], [table], api_visibility="private")
     export_btn.click(on_export, [path, *filters], [csv_file], api_visibility="private")
-    with gr.Row(visible=False):
-        api_path = gr.Textbox("", label="path")
-        api_spec = gr.JSON(value={}, label="spec")
-        api_out = gr.JSON(label="run")
-        api_btn = gr.Button("api runs")
     api_btn.click(errors(api_runs), [api_path, api_spec], api_out, api_name="runs", concurrency_limit=1,
                   concurrency_id="runs")
     return RunsTab({"table": table, "path": path, "message": message})

@@ -610,7 +610,8 @@ def build_demo() -> gr.Blocks:
                        hist, stats, trace_file, gallery, status, state, inspect_img, inspect_token, inspect_md]
         inputs = [image, question, reference, *knobs]
         runs_tab.open_in_image_tab(input_tabs, "image", [image, question, reference], run_outputs,
-                                   [methods_html, methods_df, methods_file], comparison_outputs, TRACES.write)
+                                   [methods_html, methods_df, methods_file], comparison_outputs, TRACES.write,
+                                   [comps["method"], comps["target_retention"]])
         run.click(on_run, inputs, run_outputs, api_visibility="private", concurrency_id="model")
         question.submit(on_run, inputs, run_outputs, api_visibility="private", concurrency_id="model")
         methods_run.click(on_methods, inputs, [methods_html, methods_df, methods_file], api_visibility="private",

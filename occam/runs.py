@@ -747,3 +747,40 @@ def sample_record(run: Run, sample: int, key: str | None = None) -> dict:
     return {"sample": s, "key": key, "runs": [{**k, "row": per.get(k["key"]), "trace": run.trace(sample, k["key"])}
                                              for k in run.keys if k["key"] in per]}
 
+
+
+def main(argv: list[str] | None = None) -> Run:
+    """``python -m occam.runs --out DIR [--n 200 --methods occam topk fastv --retentions 0.25 0.11 ...]``."""
+    import argparse
+
+    import torch
+    d = Spec()
+    p = argparse.ArgumentParser(prog="python -m occam.runs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="the run folder (an existing one with the same settings resumes)")
+    p.add_argument("--n", type=int, default=d.n)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--methods", nargs="+", default=list(d.methods))
+    p.add_argument("--retentions", type=float, nargs="+", default=list(d.retentions))
+    p.add_argument("--budget", default=d.budget)
+    p.add_argument("--calib", type=int, default=d.calib)
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--task", default=None, help="an lmms-eval task (source lmms) instead of the toy world")
+    p.add_argument("--include-path", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = Spec(source="lmms" if a.task else "toy", n=a.n, seed=a.seed, methods=tuple(a.methods),
+                retentions=tuple(a.retentions), budget=a.budget, calib=a.calib, model=a.model, task=a.task,
+                include_path=a.include_path)
+    t0 = time.perf_counter()
+    run = execute(spec, a.out, progress=lambda f, s: print(f"  {100 * f:5.1f}% {s}", flush=True))
+    for k in aggregate(run)["keys"]:
+        print(f"{k['key']:<14} accuracy {k['accuracy']:.3f} [{k['ci95'][0]:.3f}, {k['ci95'][1]:.3f}]  retention "
+              f"{k['retention']:.3f}  FLOPs {k['flops_rel']:.3f}  changed {k['changed']}")
+    print(f"{run.manifest['status']} in {time.perf_counter() - t0:.1f} s -> {a.out}")
+    return run
+
+
+if __name__ == "__main__":
+    main()

@@ -75,7 +75,9 @@ def content_figure(run_rows: list[dict], samples: list[dict], agg: Mapping, meas
     """Kept tokens per image against a scene-content measure (edge density, or the toy's object count), one
     colour per pruned run key, each point one sample."""
     fig = go.Figure()
-    keys = [k for k in agg["keys"] if k["target"] is not None and k["key"] in agg["content"]]
+    keys = [k for k in agg["keys"] if k["target"] is not None and k["key"] in agg["content"]
+            and len({r.get("kept") for r in run_rows if r["key"] == k["key"]}) > 1]   # fixed budgets: one count
+    dodge = 0.12 if measure == "n_objects" else 0.0      # counts: each run key a little apart
     for i, k in enumerate(keys):
         rows = [r for r in run_rows if r["key"] == k["key"] and r.get("kept") is not None
                 and samples[r["sample"]].get(measure) is not None]
@@ -84,12 +86,16 @@ def content_figure(run_rows: list[dict], samples: list[dict], agg: Mapping, meas
         c = (agg["content"][k["key"]].get(measure) or {})
         r_txt = f" r={c['r']:+.2f}" if c.get("r") is not None else ""
         fig.add_trace(go.Scatter(
-            x=[samples[r["sample"]][measure] for r in rows], y=[r["kept"] for r in rows], mode="markers",
+            x=[samples[r["sample"]][measure] + dodge * (i - (len(keys) - 1) / 2) for r in rows],
+            y=[r["kept"] for r in rows], mode="markers",
             name=f"{k['key']}{r_txt}", marker=dict(size=6, opacity=0.6, color=PALETTE[i % len(PALETTE)]),
             text=[f"sample {r['sample']}: {r['kept']} kept" for r in rows], hoverinfo="text+x"))
     label = {"edge_density": "edge density (share of Canny edge pixels)", "n_objects": "objects in the scene"}
-    return _layout(fig, f"Kept tokens vs {label.get(measure, measure)}", label.get(measure, measure),
-                   "visual tokens kept")
+    if not keys:
+        fig.add_annotation(text="every method here keeps a fixed count per image", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+    return _layout(fig, f"Kept tokens vs {label.get(measure, measure)} (methods whose count varies per image)",
+                   label.get(measure, measure), "visual tokens kept")
 
 
 def _ci(c: Mapping | None, fmt: str = "{:+.2f}") -> str:
@@ -111,7 +117,7 @@ def summary_markdown(run, agg: Mapping) -> str:
     f = lambda v, p="{:.3f}": "–" if v is None else p.format(v)  # noqa: E731
     for k in agg["keys"]:
         rep = k.get("reported") or {}
-        lines.append(f"| {_escape(k['key'])} | {k['n']} | {k['accuracy']:.3f} [{k['ci95'][0]:.3f}, {k['ci95'][1]:.3f}]"
+        lines.append(f"| `{k['key']}` | {k['n']} | {k['accuracy']:.3f} [{k['ci95'][0]:.3f}, {k['ci95'][1]:.3f}]"
                      f" | {f(rep.get('value'))} | {f(k['retention'])} | {f(k['flops_rel'])} | {f(k['changed'], '{}')}"
                      f" | {f(k['wrong_only_pruned'], '{}')} |")
     interval = ("Intervals: Wilson 95% for 0/1 scores (percentile bootstrap for fractional ones). 'reported': the "
@@ -123,7 +129,7 @@ def summary_markdown(run, agg: Mapping) -> str:
                    + ("".join(f" kept on {b} |" for b in bgs)),
                    "|---|---|---|" + "---:|" * len(bgs)]
         for key, c in agg["content"].items():
-            content.append(f"| {_escape(key)} | {_ci(c.get('edge_density'))} | {_ci(c.get('n_objects'))} |"
+            content.append(f"| `{key}` | {_ci(c.get('edge_density'))} | {_ci(c.get('n_objects'))} |"
                            + "".join(f" {f((c.get('by_background') or {}).get(b), '{:.1f}')} |" for b in bgs))
         content.append("")
         content.append("_Scene content: edge density = share of Canny edge pixels of the image (model-free, so it "
