@@ -236,8 +236,12 @@ def test_an_lmms_eval_folder_reads_as_its_results_file(lmms_folder):
     table = runs.sample_table(run)
     assert len(table) == LMMS_N and all(r["kept"] == 17 for r in table)
     assert any("not per-token traces" in n for n in run.notes) and run.trace(0, "none") is None
-    shutil.rmtree(outs["topk target=0.25"]["out"] / "traces")           # trace_dir gone: a note, not a failure
-    again = runs.open_run(root)
+    traces = outs["topk target=0.25"]["out"] / "traces"
+    traces.rename(traces.with_name("moved"))                              # trace_dir gone: a note, not a failure
+    try:
+        again = runs.open_run(root)
+    finally:
+        traces.with_name("moved").rename(traces)
     assert any("no trace_dir summaries" in n for n in again.notes)
     assert runs.aggregate(again)["keys"][1]["accuracy"] == agg["topk target=0.25"]["accuracy"]
 
@@ -246,3 +250,17 @@ def test_trace_files_are_gzipped_json(run):
     p = runs.trace_path(run.folder, 0, "none")
     with gzip.open(p, "rt") as f:
         assert json.load(f)["counts"]["retention"] == 1
+
+
+def test_run_here_on_an_lmms_eval_task_answers_as_lmms_eval_does(lmms_folder, harness, vlm, tmp_path):  # noqa: F811
+    """Source "lmms": the task's test split through the same configs gives lmms-eval's own answers and scores."""
+    spec = runs.Spec(source="lmms", task=toy_task.TASK, include_path=str(harness / "task"), n=LMMS_N,
+                     methods=("topk",), retentions=(0.25,), budget="recommended")
+    mine = runs.execute(spec, tmp_path / "lmms_here", vlm=vlm)
+    theirs = runs.open_run(lmms_folder[0])
+    assert mine.manifest["question_types"] and mine.samples[0]["qtype"] == theirs.samples[0]["qtype"]
+    pairs = {"none": "none", "topk@0.25": "topk target=0.25"}
+    got = lambda run, key: sorted((r["sample"], r["text"], r["score"], r["kept"]) for r in run.rows  # noqa: E731
+                                  if r["key"] == key)
+    for a, b in pairs.items():
+        assert got(mine, a) == got(theirs, b)
