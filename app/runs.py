@@ -127,13 +127,18 @@ def table_rows(run: lib.Run, changed=False, wrong=False, methods=None, types=Non
     rows = lib.filter_table(lib.sample_table(run), changed, wrong, methods, types, buckets, sort or None, descending)
     out = []
     for r in rows:
-        out.append([r["sample"], r["type"], r["question"], r["reference"], r["method"], r["target"],
-                    r["full answer"], r["answer"], r["kept"], r["retention %"], r["bucket"], mark(r["full ✓"]),
-                    mark(r["✓"]), mark(r["changed"]), mark(r["wrong only pruned"]), r["key"]])
+        out.append([r["sample"], r["type"], r["question"], r["reference"], r["key"], r["full answer"], r["answer"],
+                    r["kept"], r["retention %"], r["bucket"], mark(r["full ✓"]), mark(r["✓"]), mark(r["changed"]),
+                    mark(r["wrong only pruned"])])
     return out
 
 
-COLUMNS = lib.TABLE_COLUMNS + ["key"]
+COLUMNS = lib.TABLE_COLUMNS + ["key"]      # what the table sorts by (and the CSV holds)
+# as shown: the run key stands for method + target (the click reads the sample and the key)
+HEADERS = ["#", "type", "question", "ref.", "run", "full", "pruned", "kept", "ret. %", "bucket", "full ✓",
+           "pruned ✓", "changed", "wrong only pruned"]
+WIDTHS = ["4%", "7%", "22%", "6%", "10%", "6%", "6%", "5%", "6%", "7%", "5%", "6%", "5%", "5%"]
+KEY_COLUMN = HEADERS.index("run")
 
 
 def views(run: lib.Run) -> dict:
@@ -245,7 +250,7 @@ class RunsTab:
             try:
                 run = open_folder(path)
                 row = evt.row_value
-                sample, key = int(row[0]), str(row[-1])
+                sample, key = int(row[0]), str(row[KEY_COLUMN])
             except Exception as e:
                 raise gr.Error(f"Could not open that row: {e}", print_exception=False) from None
             comp, methods, note = saved_comparison(run, sample, key)
@@ -336,7 +341,8 @@ def build_runs_tab() -> RunsTab:
             f_buckets = gr.Dropdown([], multiselect=True, label="retention bucket", elem_id="runs-f-buckets")
             f_sort = gr.Dropdown(["", *COLUMNS], value="", label="sort by", elem_id="runs-f-sort")
             f_desc = gr.Checkbox(False, label="descending", elem_id="runs-f-desc")
-        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=480, elem_id="runs-table")
+        table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, max_height=480, column_widths=WIDTHS,
+                             elem_id="runs-table")
         with gr.Row():
             export_btn = gr.Button("Export the filtered table (CSV)", elem_id="runs-export")
             csv_file = gr.File(label="CSV", height=80, elem_id="runs-csv")

@@ -80,11 +80,11 @@ def test_run_filter_click_opens_the_sample_in_the_image_tab(served, browser):  #
     assert changed, "the small run has no changed answer: pick another n"
     page.wait_for_function("n => document.querySelectorAll('#runs-table [role=row][data-index]').length == n",
                            arg=len(changed), timeout=30_000)
-    assert cell(page, 0, 13) == "yes"                                      # the 'changed' column
+    assert cell(page, 0, 12) == "yes"                                      # the 'changed' column
     page.locator("#runs-table").scroll_into_view_if_needed()
     shot(page, "runs_table", full_page=False)
-    sample, key = int(cell(page, 0, 0)), cell(page, 0, 15)
-    answer = cell(page, 0, 7)
+    sample, key = int(cell(page, 0, 0)), cell(page, 0, 4)
+    answer = cell(page, 0, 6)
     # a click opens it in the Image tab, from the saved traces
     page.locator('#runs-table [role=gridcell][data-row="0"][data-col="2"]').click()
     page.wait_for_function("document.querySelector('#image-tab') && "

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from .traces import _escape
 
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x")
 PALETTE = ("#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -33,7 +34,7 @@ def accuracy_figure(agg: Mapping, x: str = "retention") -> go.Figure:
         if not pts:
             continue
         fig.add_trace(go.Scatter(
-            x=[k[x] for k in pts], y=[k["accuracy"] for k in pts], mode="lines+markers", name=m,
+            x=[k[x] for k in pts], y=[k["accuracy"] for k in pts], mode="lines+markers", name=m, showlegend=True,
             line=dict(color=color), marker=dict(size=9),
             error_y=dict(type="data", symmetric=False, array=[k["ci95"][1] - k["accuracy"] for k in pts],
                          arrayminus=[k["accuracy"] - k["ci95"][0] for k in pts]),
@@ -44,7 +45,7 @@ def accuracy_figure(agg: Mapping, x: str = "retention") -> go.Figure:
     if full is not None:
         fig.add_hrect(y0=full["ci95"][0], y1=full["ci95"][1], fillcolor="gray", opacity=0.12, line_width=0)
         fig.add_hline(y=full["accuracy"], line=dict(color="black", dash="dash"),
-                      annotation_text=f"full model {full['accuracy']:.3f}", annotation_position="bottom right")
+                      annotation_text=f"full model {full['accuracy']:.3f}", annotation_position="bottom left")
     label = "average retention (kept / visual tokens)" if x == "retention" else "prefill FLOPs relative to full"
     fig.update_xaxes(rangemode="tozero")
     return _layout(fig, f"Accuracy vs {'average retention' if x == 'retention' else 'prefill FLOPs'} (95% interval)",
@@ -65,7 +66,8 @@ def type_figure(agg: Mapping) -> go.Figure:
             error_y=dict(type="data", symmetric=False,
                          array=[(c[1] - y) if y is not None and c[1] is not None else 0 for y, c in zip(ys, lo)],
                          arrayminus=[(y - c[0]) if y is not None and c[0] is not None else 0 for y, c in zip(ys, lo)]),
-            text=[f"{k['key']} · {t}: n={(per.get(t) or {}).get('n', 0)}" for t in types], hoverinfo="text+y"))
+            hovertext=[f"{k['key']} · {t}: n={(per.get(t) or {}).get('n', 0)}" for t in types],
+            hoverinfo="text+y"))
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.05])
     return _layout(fig, "Accuracy per question type (95% interval)", "question type", "accuracy")
@@ -78,6 +80,7 @@ def content_figure(run_rows: list[dict], samples: list[dict], agg: Mapping, meas
     keys = [k for k in agg["keys"] if k["target"] is not None and k["key"] in agg["content"]
             and len({r.get("kept") for r in run_rows if r["key"] == k["key"]}) > 1]   # fixed budgets: one count
     dodge = 0.12 if measure == "n_objects" else 0.0      # counts: each run key a little apart
+    colors, targets = _colors(agg), sorted({k["target"] for k in keys}, reverse=True)   # colour: method; symbol: target
     for i, k in enumerate(keys):
         rows = [r for r in run_rows if r["key"] == k["key"] and r.get("kept") is not None
                 and samples[r["sample"]].get(measure) is not None]
@@ -88,13 +91,15 @@ def content_figure(run_rows: list[dict], samples: list[dict], agg: Mapping, meas
         fig.add_trace(go.Scatter(
             x=[samples[r["sample"]][measure] + dodge * (i - (len(keys) - 1) / 2) for r in rows],
             y=[r["kept"] for r in rows], mode="markers",
-            name=f"{k['key']}{r_txt}", marker=dict(size=6, opacity=0.6, color=PALETTE[i % len(PALETTE)]),
+            name=f"{k['key']}{r_txt}", marker=dict(size=6, opacity=0.6, color=colors.get(k["method"], "#555"),
+                                                   symbol=SYMBOLS[targets.index(k["target"]) % len(SYMBOLS)]),
             text=[f"sample {r['sample']}: {r['kept']} kept" for r in rows], hoverinfo="text+x"))
     label = {"edge_density": "edge density (share of Canny edge pixels)", "n_objects": "objects in the scene"}
     if not keys:
         fig.add_annotation(text="every method here keeps a fixed count per image", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")
-    return _layout(fig, f"Kept tokens vs {label.get(measure, measure)} (methods whose count varies per image)",
+    short = {"edge_density": "edge density", "n_objects": "object count"}
+    return _layout(fig, f"Kept tokens vs {short.get(measure, measure)} (methods whose count varies)",
                    label.get(measure, measure), "visual tokens kept")
 
 
