@@ -516,9 +516,10 @@ def build_demo() -> gr.Blocks:
         gr.Markdown("# OccamToken\nAsk a question about an image; the app answers it with the full model and with "
                     "visual tokens pruned, and shows which tokens were kept and why.", elem_id="title")
         # the two kinds of input, as top-level tabs: an image (default) and a video (app/video.py)
+        from .runs import build_runs_tab
         from .video import build_video_tab
-        with gr.Tabs(elem_id="input-kind"):
-            with gr.Tab("Image", elem_id="image-tab"):
+        with gr.Tabs(elem_id="input-kind") as input_tabs:
+            with gr.Tab("Image", id="image", elem_id="image-tab"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320) as left:
                         image = image_input(label="Image", height=300, sources=["upload", "clipboard"], elem_id="image")
@@ -605,12 +606,16 @@ def build_demo() -> gr.Blocks:
                             gallery = gr.Gallery(columns=3, height="auto", label="Overlays", show_label=False,
                                                  elem_id="gallery")
             build_video_tab()
+            runs_tab = build_runs_tab()   # app/runs.py: a whole split; a row opens here, in the Image tab
 
         state = gr.State(None)
         knobs = [comps[name] for name in KNOBS]
         run_outputs = [full_answer, full_meta, pruned_answer, pruned_meta, agreement_md, budget_md, speed, *plots,
                        hist, stats, trace_file, gallery, status, state, inspect_img, inspect_token, inspect_md]
         inputs = [image, question, reference, *knobs]
+        runs_tab.open_in_image_tab(input_tabs, "image", [image, question, reference], run_outputs,
+                                   [methods_html, methods_df, methods_file], comparison_outputs, TRACES.write,
+                                   [comps["method"], comps["target_retention"]])
         run.click(on_run, inputs, run_outputs, api_visibility="private", concurrency_id="model")
         question.submit(on_run, inputs, run_outputs, api_visibility="private", concurrency_id="model")
         methods_run.click(on_methods, inputs, [methods_html, methods_df, methods_file], api_visibility="private",

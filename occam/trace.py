@@ -109,5 +109,13 @@ class Trace:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trace":
+        """A trace read back from its JSON form (``to_dict``), e.g. one a run folder saved."""
+        names = {f.name for f in dataclasses.fields(StageTrace)}
+        stages = [StageTrace(**{k: v for k, v in s.items() if k in names}) for s in d.get("stages") or []]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"stages"}
+        return cls(**{k: v for k, v in d.items() if k in fields}, stages=stages)
+
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)

@@ -218,6 +218,7 @@ def run(args) -> dict:
                 print(f"  seed {seed} target {r:.2f} {m:<18} retention {retention:.3f} acc {_acc(got):.3f}", flush=True)
     full = summarize(sum(full_rows, []), None)
     full["per_seed"] = [_acc(x) for x in full_rows]
+    full["correct"] = ["".join("1" if x["correct"] else "0" for x in rs) for rs in full_rows]
     results = []
     for (r, m), per_seed in rows.items():
         pooled = sum(per_seed, [])
