@@ -187,7 +187,7 @@ def saved_comparison(run: lib.Run, sample: int, key: str) -> tuple[backend.Compa
     by_key = {r["key"]: r for r in rec["runs"]}
     s, chosen, full = rec["sample"], by_key.get(key), by_key.get(lib.FULL)
     if chosen is None or full is None or chosen.get("trace") is None or full.get("trace") is None:
-        why = ("this run saved no per-token traces" if run.kind != "occam"
+        why = ("this run saved no per-token traces" if not run.has_traces
                else f"trace file {lib.trace_path(run.folder, sample, key).name} or the full model's is missing")
         return None, None, why
     image = run.image(sample)

@@ -134,7 +134,7 @@ def run_batch(ad: Adapter, name: str, images: list, questions: list[str], cfgs: 
         t0 = now()
         cache = prefill(ad, batch, max_new_tokens, segments)
         t1 = now()
-        decode(ad, batch, cache, max_new_tokens, decoder)
+        decode(ad, batch, cache, max_new_tokens, decoder, drop_finished=not return_cache)
         t2 = now()
         for i, r in zip(group, batch):
             r.clock.add("prefill_s", t1 - t0)
@@ -377,13 +377,15 @@ def sync_every(device: torch.device, decoder=None) -> int:
     return 1 if torch.device(device).type == "cpu" and decoder is None else SYNC_EVERY
 
 
-def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens: int, decoder=None) -> None:
+def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens: int, decoder=None,
+           drop_finished: bool = True) -> None:
     """Greedy decoding of the whole batch on its cache; each request's new tokens continue from its largest
     prompt position + 1. Stop flags stay on the device and are read every ``sync_every`` steps; rows of
     finished requests are then dropped, so a finished request stops costing work.
 
     ``decoder``: None for eager steps on ``cache`` (the reference), or a static-shape / CUDA-graph step
-    runner (``occam.models.decoding``) that takes the cache's rows over."""
+    runner (``occam.models.decoding``) that takes the cache's rows over. ``drop_finished=False`` keeps every
+    row to the end, so that the returned cache is still indexed by request (``return_cache``)."""
     if max_new_tokens == 0:
         return
     dev = ad.device
@@ -416,7 +418,7 @@ def decode(ad: Adapter, batch: list[Request], cache: BatchCache, max_new_tokens:
                 alive = ~done[rows].cpu()
                 if not alive.any():
                     break
-                if not alive.all():
+                if not alive.all() and drop_finished:
                     if state is None:
                         cache.keep(torch.nonzero(alive).flatten())
                         live, pos, tok = live[alive], pos[alive.to(dev)], tok[alive.to(dev)]

@@ -46,6 +46,8 @@ import numpy as np
 from PIL import Image
 
 FORMAT = "occam-run/1"
+FOLDER_KIND = "occam"       # Run.kind of a run folder written here (the only kind with per-token traces)
+LMMS_MODEL = "occam"        # lmms-eval's --model name of occam.lmms
 MANIFEST, SAMPLES, ROWS, IMAGES, TRACES = "manifest.json", "samples.jsonl", "rows.jsonl", "images", "traces"
 FULL = "none"                       # the run key of the full model
 BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0001)   # retention buckets of the sample table
@@ -257,7 +259,7 @@ def execute(spec: Spec, folder: str | Path, vlm=None, progress: Progress | None 
         progress(0.02, f"loading {spec.model} ...")
         vlm = occam.load(spec.model)
     if manifest is None:
-        manifest = {"format": FORMAT, "kind": "occam", "spec": spec.to_dict(), "model": spec.model,
+        manifest = {"format": FORMAT, "kind": FOLDER_KIND, "spec": spec.to_dict(), "model": spec.model,
                     "family": vlm.family, "n_items": len(items), "status": "running", "configs": {},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": 0.0,
                     "question_types": None}
@@ -344,7 +346,7 @@ def _describe(spec: dict) -> str:
 @dataclass
 class Run:
     """A run as the app and ``aggregate`` read it: samples, one row per (sample, key), where to find more."""
-    kind: str                       # "occam" (a run folder), "lmms" (lmms-eval outputs), "bench" (accuracy report)
+    kind: str                       # FOLDER_KIND (a run folder), "lmms" (lmms-eval outputs), "bench" (accuracy report)
     folder: Path
     manifest: dict
     samples: list[dict]
@@ -356,9 +358,13 @@ class Run:
     def complete(self) -> bool:
         return self.manifest.get("status", "complete") == "complete"
 
+    @property
+    def has_traces(self) -> bool:
+        return self.kind == FOLDER_KIND
+
     def trace(self, sample: int, key: str) -> dict | None:
         """The saved per-token trace of (sample, key), or None (not saved by this kind of run, or missing)."""
-        if self.kind != "occam":
+        if not self.has_traces:
             return None
         p = trace_path(self.folder, sample, key)
         if not p.is_file():
@@ -428,7 +434,7 @@ def _open_native(folder: Path) -> Run:
     gone = [s["image"] for s in samples if s.get("image") and not (folder / s["image"]).is_file()]
     if gone:
         notes.append(f"{len(gone)} image file(s) missing, e.g. {gone[0]}: those samples open without their image.")
-    return Run("occam", folder, manifest, samples, rows, keys, notes)
+    return Run(FOLDER_KIND, folder, manifest, samples, rows, keys, notes)
 
 
 # lmms-eval outputs ------------------------------------------------------------------------------------------
@@ -443,7 +449,7 @@ def _open_lmms(folder: Path) -> Run:
     for res_file in results:
         res = json.loads(res_file.read_text())
         cfg = res.get("config") or {}
-        if cfg.get("model") != "occam":
+        if cfg.get("model") != LMMS_MODEL:
             raise RunError(f"{res_file} is a --model {cfg.get('model')!r} run: only --model occam runs carry the "
                            "kept-token summaries a run view reads.")
         args = parse(cfg.get("model_args", ""))
