@@ -7,6 +7,8 @@ OCCAM_APP_BATCH_WINDOW_MS / OCCAM_APP_MAX_BATCH (runs of concurrent requests ans
 the oldest waits for company, how many at most; OCCAM_APP_MAX_BATCH=1 turns batching off; app/batcher.py;
 sizing in docs/load.md),
 OCCAM_APP_PRELOAD=0 (do not load the default model at start), OCCAM_APP_CACHE_EXAMPLES (lazy|eager|0).
+Public mode (on a Space, or OCCAM_APP_PUBLIC=1; app/public.py): OCCAM_APP_MODELS (the allow-list),
+OCCAM_APP_WORK_BUDGET (token-steps per request), OCCAM_APP_CLIENT_SHARE (requests one client may queue).
 """
 from __future__ import annotations
 
@@ -19,8 +21,13 @@ import sys
 import tempfile
 import warnings
 
-from app import backend, spec
-from app.ui import build_demo
+from app import public
+
+if public.zerogpu():   # ZeroGPU: `spaces` patches CUDA when imported, so before torch (imported by the backend)
+    import spaces  # noqa: F401
+
+from app import backend  # noqa: E402
+from app.ui import build_demo, launch_options  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +48,8 @@ def main() -> None:
     # a stop by SIGTERM (process managers, containers) exits like Ctrl+C, so the atexit clean-ups run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_demo()
-    # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; the method spec is the one file served as is
-    demo.launch(max_file_size="64mb", allowed_paths=[str(spec.METHOD_DOC)])
+    # server name / port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; limits and middleware: ui.launch_options
+    demo.launch(**launch_options(demo))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from occam import recommended as recommended_mod
 from occam.config import coerce_value, field_types
 from occam.inputs import check_question, open_image
 
+from . import public
 from .batcher import batched, request, together
 from .render.traces import token_view
 
@@ -60,11 +61,14 @@ MANAGED_FIELDS = ("retention",)
 
 def default_model() -> str:
     """The model the app starts with: $OCCAM_APP_MODEL, else the offline toy model."""
-    return os.environ.get("OCCAM_APP_MODEL", "").strip() or "toy"
+    return public.served_model()
 
 
 def model_choices() -> list[str]:
-    """Suggestions for the model box (any hub id or local folder may be typed in as well)."""
+    """Suggestions for the model box (locally any hub id or model folder may be typed in as well; in public
+    mode the allow-list, and nothing else)."""
+    if public.public_mode():
+        return list(public.allowed_models())
     from occam.archs import HUB_IDS, TINY_ARCH_NAMES
     out = [default_model(), "toy", *HUB_IDS.values(), *TINY_ARCH_NAMES]
     return list(dict.fromkeys(out))
@@ -243,41 +247,65 @@ class ModelCache:
             return self._models.get(name)
 
     def get(self, name: str, progress: Progress | None = None):
-        """The loaded model for ``name``, loading it on first use."""
+        """The loaded model for ``name``, loading it on first use (in public mode: allow-listed names only)."""
         if not isinstance(name, str) or not name.strip():
             raise ModelLoadError("No model given: type 'toy', a hub id or a local model folder.")
-        name = name.strip()
+        name = model_key(name)
+        if public.public_mode() and name not in map(model_key, public.allowed_models()):
+            raise ModelLoadError(public.refused_model(name))
         with self._lock:
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._models[name]
             lock = self._loading.setdefault(name, threading.Lock())
-        with lock:
-            with self._lock:
-                if name in self._models:
-                    self._models.move_to_end(name)
-                    return self._models[name]
-                current = next(reversed(self._models), None)
-            if progress:
-                progress(0.02, f"loading model {name} ...")
-            dev = self._device or device()
+        with lock:   # held until the model is stored: a second request for it waits and then finds it
             try:
-                vlm = self._loader(name, device=None if dev == "cpu" else dev)
-            except Exception as e:  # any failure: report it, keep serving what is loaded
-                log.warning("could not load model %r: %s", name, e)
-                keep = f" The app keeps serving {current!r}." if current else ""
-                raise ModelLoadError(f"Could not load model {name!r}: {e}{keep}") from None
+                with self._lock:
+                    if name in self._models:
+                        self._models.move_to_end(name)
+                        return self._models[name]
+                    current = next(reversed(self._models), None)
+                return self._load(name, current, progress)
             finally:
                 with self._lock:
                     self._loading.pop(name, None)
-            if self._warmup:
-                _warm_up(vlm)
-            with self._lock:
-                self._models[name] = vlm
-                self._models.move_to_end(name)
-                while len(self._models) > self._max:
-                    self._models.popitem(last=False)
-            return vlm
+
+    def _load(self, name: str, current: str | None, progress: Progress | None):
+        if progress:
+            progress(0.02, f"loading model {name} ...")
+        dev = self._device or device()
+        try:
+            vlm = self._loader(name, device=None if dev == "cpu" else dev, **load_options())
+        except Exception as e:  # any failure: report it, keep serving what is loaded
+            log.warning("could not load model %r: %s", name, e)
+            keep = f" The app keeps serving {current!r}." if current else ""
+            raise ModelLoadError(f"Could not load model {name!r}: {e}{keep}") from None
+        if self._warmup:
+            _warm_up(vlm)
+        with self._lock:
+            self._models[name] = vlm
+            self._models.move_to_end(name)
+            # the served model is never evicted in public mode: no visitor can push it out
+            keep = {default_model()} if public.public_mode() else set()
+            for old in [k for k in self._models if k not in keep and k != name][:max(0, len(self._models) - self._max)]:
+                self._models.pop(old)
+        return vlm
+
+
+def model_key(name: str) -> str:
+    """One key per model: the stripped name; for an existing local folder its real path (so that other
+    spellings of the same folder do not load it again)."""
+    name = name.strip()
+    path = os.path.expanduser(name)
+    if os.path.isdir(path) and (os.sep in name or name.startswith((".", "~"))):
+        return os.path.realpath(path)
+    return name
+
+
+def load_options() -> dict:
+    """How models are loaded for the app: on ZeroGPU every GPU call runs in a fresh process, so no CUDA
+    graphs (they would be captured again on every call); elsewhere occam's "auto" (graphs on a GPU)."""
+    return {"prefill": "eager", "decode": "eager"} if public.zerogpu() else {}
 
 
 def _warm_up(vlm: Any) -> None:
@@ -408,6 +436,34 @@ def resolve_budget(s: Settings, vlm: Any, img: Any = None, question: str | None 
     return cfg, info
 
 
+RUN_KINDS = ("compare", "methods", "sweep")
+
+
+def plan_work(kind: str, s: Settings, n_values: int = 0, methods: tuple[str, ...] = COMPARED_METHODS,
+              param: str = "") -> public.Work:
+    """The runs one request of ``kind`` will make (its prompt's length not known yet: 1)."""
+    calibrates = lambda st, mode=None: (st.config.spec.thresholded  # noqa: E731
+                                        and BUDGET_MODES[mode or st.thresholds] == "calibrated")
+    calib = public.CALIBRATION_PREFILLS
+    if kind == "compare":
+        return public.Work(2 + 2 * s.repeats, s.max_new_tokens, calib * calibrates(s))
+    if kind == "methods":
+        return public.Work(1 + len(methods), s.max_new_tokens, calib * sum(registry.get(m).thresholded for m in methods))
+    if kind == "sweep":
+        calibrations = n_values if param == "target retention" else 1   # a budget per value, or one base
+        return public.Work(1 + n_values, s.max_new_tokens, calib * calibrations * calibrates(s))
+    raise ValueError(f"Unknown run kind {kind!r}: accepted {', '.join(RUN_KINDS)}.")
+
+
+def check_work(work: public.Work, vlm: Any, img: Any, question: str) -> None:
+    """The request's work against the budget (public mode), before any run; the prompt's length from the
+    model's own preprocessing of this input."""
+    if public.work_budget() is None:
+        return
+    n = int(vlm.adapter.prepare(img, question).inputs["input_ids"].shape[1])
+    public.check_work(dataclasses.replace(work, prompt_tokens=n))
+
+
 # ---------------------------------------------------------------------------------------------
 # timing: warm-up, then repeated, alternated runs
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +590,7 @@ def run_compare(image: Any, question: Any, settings: Mapping | Settings | str | 
     ref = check_reference(reference)
     img, q = load_inputs(image, question)
     vlm = batched(cache.get(s.model, progress))
+    check_work(plan_work("compare", s), vlm, img, q)
     if s.config.spec.thresholded and s.thresholds == "this input":
         progress(0.15, f"calibrating α/β to {100 * s.target_retention:.0f}% retention on this input ...")
     cfg, budget = resolve_budget(s, vlm, img, q)
@@ -574,6 +631,7 @@ def run_methods(image: Any, question: Any, settings: Mapping | Settings | str | 
         raise ValueError(f"Methods {bad} are invalid: accepted {', '.join(COMPARED_METHODS)}.")
     img, q = load_inputs(image, question)
     vlm = batched(cache.get(s.model, progress))
+    check_work(plan_work("methods", s, methods=methods), vlm, img, q)
     t = s.target_retention
     progress(0.1, "full model (method none) ...")
     full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
@@ -649,6 +707,7 @@ def run_sweep(image: Any, question: Any, settings: Mapping | Settings | str | No
                          "sweep 'target retention' instead.")
     img, q = load_inputs(image, question)
     vlm = batched(cache.get(s.model, progress))
+    check_work(plan_work("sweep", s, len(vals), param=param), vlm, img, q)
     progress(0.05, "full model (method none) ...")
     full = vlm.generate(img, q, config=FULL, max_new_tokens=s.max_new_tokens)
     base = None if param == "target retention" else resolve_budget(s, vlm, img, q)[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
 import threading
@@ -26,11 +25,11 @@ import occam
 from occam import runs as lib
 from occam.methods import PRUNING_METHODS
 
-from . import backend
+from . import backend, public
+from .handlers import reporter, user_errors
 from .public import public_mode
 from .render import runs as view
 
-log = logging.getLogger("occam.app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_MAX_N, PUBLIC_MAX_KEYS, PUBLIC_MAX_S = 50, 7, 120     # public mode: items, run keys, seconds per press
 MAX_N = 5000
@@ -364,39 +363,21 @@ def build_runs_tab() -> RunsTab:
                 gr.Dropdown(choices=v["methods"], value=[]), gr.Dropdown(choices=v["types_list"], value=[]),
                 gr.Dropdown(choices=v["buckets"], value=[]), v["table"])
 
-    def errors(fn):
-        def wrapped(*a, **k):
-            try:
-                return fn(*a, **k)
-            except gr.Error:
-                raise
-            except (ValueError, FileNotFoundError, backend.ModelLoadError) as e:
-                raise gr.Error(str(e), print_exception=False) from None
-            except Exception as e:
-                log.exception("runs handler failed")
-                raise gr.Error(f"Unexpected error ({type(e).__name__}): {e}") from None
-        return wrapped
-
-    @errors
+    @public.gpu(lambda *_a, **_k: PUBLIC_MAX_S)      # a press runs up to its time cap
+    @user_errors
     def on_run(*args, progress=gr.Progress()):
         *values, folder_text = args
         spec = make_spec(*values)
         where = folder_for(spec, folder_text)
         event = CANCELS.setdefault(str(where), threading.Event())
         event.clear()
-
-        def report(fraction, desc=""):
-            try:
-                progress(fraction, desc=desc)
-            except Exception:
-                pass
         t0 = time.perf_counter()
-        run = execute(spec, where, report, event)
+        run = execute(spec, where, reporter(progress), event)
         msg = (f"Run {run.manifest.get('status')} in {time.perf_counter() - t0:.0f} s (this press) · folder "
                f"`{where}`")
         return shown(run, msg)
 
-    @errors
+    @user_errors
     def on_cancel(*args):
         *values, folder_text = args
         where = folder_for(make_spec(*values), folder_text)
@@ -406,19 +387,19 @@ def build_runs_tab() -> RunsTab:
         event.set()
         return "Cancelling after the current batch: the run stays resumable (press Run again)."
 
-    @errors
+    @user_errors
     def on_open(p):
         run = open_folder(p)
         out = shown(run, f"Opened `{Path(str(p).strip()).expanduser()}` ({run.kind}).")
         return (str(Path(str(p).strip()).expanduser().resolve()), *out[1:])
 
-    @errors
+    @user_errors
     def on_filter(p, *vals):
         if not p:
             return []
         return table_rows(open_folder(p), *vals)
 
-    @errors
+    @user_errors
     def on_export(p, *vals):
         if not p:
             raise gr.Error("Run or open a run first.", print_exception=False)
@@ -434,6 +415,6 @@ def build_runs_tab() -> RunsTab:
     for f in filters:
         f.change(on_filter, [path, *filters], [table], api_visibility="private")
     export_btn.click(on_export, [path, *filters], [csv_file], api_visibility="private")
-    api_btn.click(errors(api_runs), [api_path, api_spec], api_out, api_name="runs", concurrency_limit=1,
+    api_btn.click(public.gpu(lambda *_a, **_k: PUBLIC_MAX_S)(user_errors(api_runs)), [api_path, api_spec], api_out, api_name="runs", concurrency_limit=1,
                   concurrency_id="runs")
     return RunsTab({"table": table, "path": path, "message": message})

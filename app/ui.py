@@ -11,7 +11,6 @@ control by itself (with its field name as label until it gets one here).
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import logging
 import os
@@ -26,19 +25,13 @@ import gradio as gr
 
 import occam
 
-from . import backend, render, spec
+from . import backend, public, render, spec
+from .handlers import reporter as _reporter
+from .handlers import user_errors
 
 log = logging.getLogger("occam.app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
-
-try:  # Hugging Face ZeroGPU: run the model-bound handlers on a borrowed GPU; a no-op elsewhere
-    import spaces  # type: ignore
-
-    gpu = spaces.GPU(duration=120)
-except Exception:  # the package is absent (or unusable): plain functions
-    def gpu(fn):
-        return fn
 
 # The knobs, in the order the handlers receive them after their fixed inputs: derived, never listed by hand.
 KNOBS = tuple(k.name for k in backend.knobs())
@@ -101,7 +94,8 @@ def knob_component(knob: backend.Knob, default):
     if knob.name == "repeats":
         return gr.Slider(1, backend.MAX_REPEATS, value=default, step=1, **kw)
     if knob.name == "model":
-        return gr.Dropdown(backend.model_choices(), value=default, allow_custom_value=True, **kw)
+        # locally any hub id or folder may be typed in; in public mode only the allow-list is offered
+        return gr.Dropdown(backend.model_choices(), value=default, allow_custom_value=not public.public_mode(), **kw)
     if knob.kind == "bool":
         return gr.Checkbox(value=bool(default), **kw)
     if knob.kind == "str" and choices:
@@ -197,38 +191,35 @@ TRACES = TraceFiles()
 # ---------------------------------------------------------------------------------------------
 # handlers
 # ---------------------------------------------------------------------------------------------
-def user_errors(fn):
-    """Every failure of a handler reaches the user as a gr.Error with its message; the app goes on."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ValueError, TypeError, FileNotFoundError, backend.ModelLoadError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except Exception as e:  # a bug or resource problem: still a message, never a crash
-            log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(e).__name__}): {e}") from None
-
-    return wrapper
-
-
 def _settings(knobs: tuple) -> dict:
     if len(knobs) != len(KNOBS):
         raise TypeError(f"expected {len(KNOBS)} knob values ({', '.join(KNOBS)}), got {len(knobs)}")
     return dict(zip(KNOBS, knobs))
 
 
-def _reporter(progress) -> backend.Progress:
-    def report(fraction: float, desc: str = "") -> None:
-        if progress is not None:
-            try:
-                progress(fraction, desc=desc)
-            except Exception:  # progress outside a request (tests, scripts): ignore
-                pass
-    return report
+# Hugging Face ZeroGPU: the model-bound handlers run on a borrowed GPU for a duration computed from the
+# request's work (app/public.py); plain functions where the ``spaces`` package is absent.
+def _ui_work(kind: str):
+    """The planned work of a UI handler's call, from its own arguments (image, question, ..., *knobs)."""
+    fixed = {"compare": 3, "methods": 3, "sweep": 4}[kind]     # the handler's inputs before the knobs
+
+    def work(*args, **_):
+        s = backend.parse_settings(_settings(args[fixed:]))
+        values = backend.parse_sweep_values(args[3], args[2]) if kind == "sweep" else ()
+        return backend.plan_work(kind, s, len(values), param=args[2] if kind == "sweep" else "")
+    return work
+
+
+def _api_work(kind: str):
+    """The planned work of an API call (image, question, settings, ...; sweep: param, values)."""
+    def work(image, question, settings=None, *rest, **kw):
+        s = backend.parse_settings(settings)
+        if kind != "sweep":
+            return backend.plan_work(kind, s)
+        param = rest[0] if rest else kw.get("param", "alpha=beta")
+        values = backend.parse_sweep_values(rest[1] if len(rest) > 1 else kw.get("values"), param)
+        return backend.plan_work(kind, s, len(values), param=param)
+    return work
 
 
 def model_status(cache: backend.ModelCache | None = None) -> str:
@@ -282,7 +273,7 @@ def inspect_outputs(state: dict | None, token) -> tuple:
     return render.inspector_markdown(info), info["token"], inspector_image(state, info["token"])
 
 
-@gpu
+@public.gpu(_ui_work("compare"))
 @user_errors
 def on_run(image, question, reference, *knobs, progress=gr.Progress()):
     """Run button: full and pruned answers, agreement flag, budget, measured speed-up, views, trace file."""
@@ -319,7 +310,7 @@ def comparison_outputs(comp: backend.Comparison) -> tuple:
     )
 
 
-@gpu
+@public.gpu(lambda *_a, **_k: backend.plan_work("compare", backend.parse_settings({})))
 @user_errors
 def on_example(image, question, reference=None, progress=gr.Progress()):
     """An example row (image, question, reference answer) run with the default settings."""
@@ -350,7 +341,7 @@ def on_inspect_index(state, token):
     return inspect_outputs(state, token)
 
 
-@gpu
+@public.gpu(_ui_work("methods"))
 @user_errors
 def on_methods(image, question, reference, *knobs, progress=gr.Progress()):
     """Compare-methods button: every method at the same retention, answers beside kept-token masks."""
@@ -359,7 +350,7 @@ def on_methods(image, question, reference, *knobs, progress=gr.Progress()):
             TRACES.write(runs.to_dict(), "occam_methods"))
 
 
-@gpu
+@public.gpu(_ui_work("sweep"))
 @user_errors
 def on_sweep(image, question, param, values, *knobs, progress=gr.Progress()):
     """Budget sweep button: answers and kept tokens across alpha / beta / target retention."""
@@ -387,14 +378,14 @@ def on_sweep_param(param):
     return backend.DEFAULT_SWEEP_VALUES.get(param, "")
 
 
-@gpu
+@public.gpu(_api_work("compare"))
 @user_errors
 def api_compare(image, question, settings=None, reference=None):
     """Public API "compare": both answers, agreement, budget, measured timings, estimates, both traces."""
     return backend.run_compare(image, question, settings, reference=reference or None).to_dict()
 
 
-@gpu
+@public.gpu(_api_work("methods"))
 @user_errors
 def api_methods(image, question, settings=None, reference=None):
     """Public API "methods": occam and the baselines at the same retention, each answer with its trace."""
@@ -436,7 +427,7 @@ def api_inspect(trace, token):
     return {"inspection": info, "trace": trace}
 
 
-@gpu
+@public.gpu(_api_work("sweep"))
 @user_errors
 def api_sweep(image, question, settings=None, param="alpha=beta", values=None):
     """Public API "sweep": the budget sweep's rows as JSON."""
@@ -492,6 +483,18 @@ def queue_limits() -> tuple[int, int]:
     return limit, size
 
 
+def launch_options(demo: gr.Blocks) -> dict:
+    """``demo.launch`` keyword arguments of the app (app.py) and its server tests: the upload limit, the one
+    file served as is, and the ASGI middleware (public mode: one client's share of the queue)."""
+    from starlette.middleware import Middleware
+    _, size = queue_limits()
+    return {"max_file_size": MAX_UPLOAD, "allowed_paths": [str(spec.METHOD_DOC)],
+            "app_kwargs": {"middleware": [Middleware(public.FairShare, blocks=demo, share=public.client_share(size))]}}
+
+
+MAX_UPLOAD = "64mb"
+
+
 INSPECTOR_HELP = ("Click a token on the image (or type its index) to see its score at each stage, its rank, the "
                   "threshold and the decision, the register reference it was tested against and, for Stage II, the "
                   "question tokens that drew on it most.")
@@ -515,6 +518,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="OccamToken: register-anchored visual-token pruning", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# OccamToken\nAsk a question about an image; the app answers it with the full model and with "
                     "visual tokens pruned, and shows which tokens were kept and why.", elem_id="title")
+        gr.Markdown(public.page_note(), elem_id="public-note", visible=public.public_mode())
         # the two kinds of input, as top-level tabs: an image (default) and a video (app/video.py)
         from .runs import build_runs_tab
         from .video import build_video_tab

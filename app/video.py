@@ -8,7 +8,6 @@ are ``ValueError`` / ``ModelLoadError`` here and a ``gr.Error`` in the UI; the a
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,14 +19,20 @@ from occam import methods as registry
 from occam.inputs import check_question
 from occam.models import video_families
 
-from . import backend
-
-log = logging.getLogger(__name__)
+from . import backend, public
+from .handlers import reporter, user_errors
 
 DEFAULT_VIDEO_MODEL = "tiny-video-llava"   # offline: random weights, shows the pipeline, not sensible answers
 VIDEO_MODEL_CHOICES = ["tiny-video-llava", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "LanguageBind/Video-LLaVA-7B-hf",
                        "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
 VIDEO_METHODS = registry.PRUNING_METHODS
+
+
+def video_model_choices() -> list[str]:
+    """The video model box's list (in public mode: the allow-listed ones, ``app/public.py``)."""
+    if not public.public_mode():
+        return VIDEO_MODEL_CHOICES
+    return [m for m in VIDEO_MODEL_CHOICES if m in public.allowed_models()]
 KEPT, STAGE2_DROP, DIM = (40, 200, 90), (255, 150, 30), (0, 0, 0, 150)
 
 
@@ -154,25 +159,13 @@ def video_summary_markdown(comp: VideoComparison) -> str:
 
 
 # -- UI -------------------------------------------------------------------------------------------------
+@public.gpu(lambda *args, **_: public.Work(2, int(args[8] or 16) if len(args) > 8 else 16))
+@user_errors
 def on_video_run(video, question, model, method, alpha, beta, retention, temporal, max_new, progress=None):
     """The tab's button: both answers, the frame strip, the per-frame plot and a summary."""
-    import gradio as gr
-
-    def report(fraction: float, desc: str = "") -> None:
-        try:
-            progress(fraction, desc=desc)
-        except Exception:   # outside a request
-            pass
-
-    try:
-        comp = run_video_compare(video, question, model or DEFAULT_VIDEO_MODEL,
-                                 video_config(method, alpha, beta, retention, temporal), int(max_new or 16),
-                                 progress=report)
-    except (ValueError, TypeError, FileNotFoundError, backend.ModelLoadError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    except Exception as e:   # a bug or resource problem: still a message, the app keeps serving
-        log.exception("video run failed")
-        raise gr.Error(f"Unexpected error ({type(e).__name__}): {e}") from None
+    comp = run_video_compare(video, question, model or DEFAULT_VIDEO_MODEL,
+                             video_config(method, alpha, beta, retention, temporal), int(max_new or 16),
+                             progress=reporter(progress))
     return (comp.full.text, comp.pruned.text, frame_strip(comp.video, comp.pruned.trace),
             per_frame_figure(comp.pruned.trace), video_summary_markdown(comp))
 
@@ -191,7 +184,8 @@ def build_video_tab() -> None:
                 question = gr.Textbox(label="Question", placeholder="What moves in the video?", lines=2,
                                       elem_id="video-question")
                 with gr.Row():
-                    model = gr.Dropdown(VIDEO_MODEL_CHOICES, value=DEFAULT_VIDEO_MODEL, allow_custom_value=True,
+                    model = gr.Dropdown(video_model_choices(), value=DEFAULT_VIDEO_MODEL,
+                                        allow_custom_value=not public.public_mode(),
                                         label="Video model (tiny-*: random weights, offline)", elem_id="video-model")
                     method = gr.Dropdown(list(VIDEO_METHODS), value=occam.OccamConfig.method, label="Method")
                 with gr.Row():

@@ -28,7 +28,7 @@ def url():
     port = free_port()
     try:
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size="64mb")
+                    **ui.launch_options(demo))
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()

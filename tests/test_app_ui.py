@@ -267,10 +267,14 @@ def test_build_demo_endpoints_and_queue():
 
 
 def test_gpu_decorator_is_harmless_without_spaces():
+    pytest.importorskip("gradio")
+    from app import public
     try:
         import spaces  # noqa: F401
+        present = True
     except ImportError:
-        assert ui.gpu(len) is len
+        present = False
+    assert present or public.gpu(lambda *a: public.Work(1, 1))(len) is len   # no `spaces`: the function itself
 
 
 def test_examples_block_appears_when_examples_exist(tmp_path, monkeypatch):

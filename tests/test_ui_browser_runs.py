@@ -117,7 +117,10 @@ def test_open_an_lmms_eval_folder(served, browser, lmms_folder):  # noqa: F811
     root, outs = lmms_folder
     page = open_runs(browser, url)
     page.get_by_role("tab", name="Open a run").click()
-    page.fill("#runs-open-path textarea, #runs-open-path input", str(root))
+    box = "#runs-open-path textarea, #runs-open-path input"
+    page.wait_for_selector(box, state="visible")          # the tab's content is rendered when first shown
+    page.fill(box, str(root))
+    page.wait_for_function(f"document.querySelector({box!r}).value === {str(root)!r}")
     page.click("#runs-open")
     summary = wait_summary(page, "lmms-eval")
     rows = {}
