@@ -89,6 +89,11 @@ class OccamConfig:
         t = self.temporal_similarity
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not -1 <= t <= 1):
             _fail("temporal_similarity", t, "None or a cosine similarity in [-1, 1]")
+        for name in ("stage1", "stage2"):       # "false" is truthy: strings are parsed by from_strings, not here
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "True or False")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            _fail("seed", self.seed, "an integer")
         if isinstance(self.attn_chunk, bool) or not isinstance(self.attn_chunk, int) or self.attn_chunk < 1:
             _fail("attn_chunk", self.attn_chunk, "an integer >= 1")
         self.spec.validate(self)

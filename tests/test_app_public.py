@@ -291,3 +291,14 @@ def test_requirements_accept_zerogpu_torch_and_the_cpu_wheel_here():
     for torch_req in [r for r in reqs if r.name == "torch"] + [Requirement(d) for d in project if d.startswith("torch")]:
         assert torch_req.specifier.contains("2.11.0"), torch_req      # ZeroGPU's newest listed PyTorch
         assert torch_req.specifier.contains("2.13.0"), torch_req      # the CPU wheel of the README's command
+
+
+@pytest.mark.parametrize("field, value, accepted", [("stage1", "false", "True or False"), ("stage2", 1, "True or False"),
+                                                    ("seed", "abc", "an integer"), ("seed", True, "an integer")])
+def test_config_refuses_non_bool_stages_and_non_int_seeds(field, value, accepted):
+    """Before: stage1="false" ran Stage I (a truthy string) and seed="abc" failed mid-run."""
+    import occam
+    with pytest.raises(ValueError, match=re.escape(f"OccamConfig.{field}={value!r} is invalid: accepted {accepted}.")):
+        occam.OccamConfig(**{field: value})
+    assert occam.OccamConfig.from_strings({"stage1": "false", "seed": "3"}).stage1 is False
+    assert occam.OccamConfig.from_strings({"seed": "3"}).seed == 3
